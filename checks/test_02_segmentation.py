@@ -1,0 +1,212 @@
+"""Lesson 02: the segmentation app, model built once, masks that line up, 4xx for bad input."""
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from workshop import images
+from workshop.harness import base_env, concurrently, lesson_server
+from workshop.lessons import import_module
+
+LESSON = "02_segmentation"
+PRETRAINED = Path(os.environ.get(
+    "SEG_PRETRAINED_FILE",
+    Path.home() / ".cache/torch/hub/checkpoints/lraspp_mobilenet_v3_large-d234d4ea.pth"))
+
+
+@pytest.fixture(scope="module")
+def seg(lessons):
+    with lesson_server(lessons, LESSON, env={"SEG_MAX_BYTES": str(2 * 1024 * 1024)}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def local(lessons):
+    """The lesson's own model code, run in this process (the 'expected' answers)."""
+    import torch
+
+    torch.set_num_threads(1)  # the same as the server: same arithmetic, same mask
+    segmentation = import_module(lessons, LESSON, "segmentation")
+    voc = import_module(lessons, LESSON, "voc")
+    return segmentation, voc, segmentation.load_model("random")
+
+
+def post(server, data: bytes, fmt: str = "png", **kw) -> requests.Response:
+    return requests.post(server.url + "/infer", data=data, params={"format": fmt}, timeout=60, **kw)
+
+
+def mask_of(resp, voc) -> np.ndarray:
+    assert resp.status_code == 200, f"/infer answered {resp.status_code}: {resp.text[:300]}"
+    kind = resp.headers["Content-Type"]
+    return voc.mask_from_png(resp.content) if kind == "image/png" else voc.mask_from_json(resp.content)
+
+
+def test_mask_equals_an_in_process_forward_pass(seg, local):
+    segmentation, voc, model = local
+    photo = images.photo_bytes()
+    expected = segmentation.predict(model, segmentation.decode_image(photo, 10**8))
+    served = mask_of(post(seg, photo), voc)
+    assert served.shape == expected.shape
+    assert np.array_equal(served, expected), \
+        f"{(served != expected).mean():.1%} of pixels differ from the same model run here: " \
+        "same preprocessing (weights.transforms()), model.eval(), argmax over classes?"
+    assert len(np.unique(expected)) > 1, "the reference mask is one flat class: this check would prove nothing"
+
+
+@pytest.mark.parametrize("size", [(451, 300), (333, 517), (64, 48)])
+def test_mask_has_the_uploaded_size(seg, local, size):
+    _, voc, _ = local
+    img = images.photo().resize(size)
+    mask = mask_of(post(seg, images.encode(img, "PNG")), voc)
+    assert mask.shape == (size[1], size[0]), \
+        f"mask is {mask.shape[1]}x{mask.shape[0]} for a {size[0]}x{size[1]} upload: " \
+        "resize the mask back to the image size (NEAREST) so the overlay lines up"
+
+
+def test_exif_orientation_is_respected(seg, local):
+    _, voc, _ = local
+    img = images.photo()  # 451 x 300, stored as is, EXIF says "rotate 90°"
+    mask = mask_of(post(seg, images.with_exif_rotation(img, orientation=6)), voc)
+    assert mask.shape == (451, 300), \
+        f"mask is {mask.shape}; an EXIF-rotated photo is displayed 300 wide, 451 high: use ImageOps.exif_transpose"
+
+
+def test_json_and_png_carry_the_same_mask(seg, local):
+    _, voc, _ = local
+    photo = images.photo_bytes()
+    as_png, as_json = post(seg, photo, "png"), post(seg, photo, "json")
+    assert as_png.headers["Content-Type"] == "image/png"
+    assert as_json.headers["Content-Type"] == "application/json"
+    assert np.array_equal(mask_of(as_png, voc), mask_of(as_json, voc))
+    assert len(as_png.content) * 10 < len(as_json.content), "the PNG mask should be far smaller than JSON"
+
+
+def test_accept_header_chooses_the_format(seg):
+    r = requests.post(seg.url + "/infer", data=images.photo_bytes(),
+                      headers={"Accept": "image/png"}, timeout=60)
+    assert r.headers["Content-Type"] == "image/png", "Accept: image/png should get a PNG mask"
+
+
+def test_answer_names_the_classes_and_the_weights(seg, local):
+    _, voc, _ = local
+    r = post(seg, images.photo_bytes())
+    assert r.headers.get("X-Model-Weights") == "random", "every answer should say which weights served it"
+    assert r.headers["X-Classes"].split(",") == voc.classes_in(mask_of(r, voc))
+
+
+def test_model_is_built_once_per_process(seg):
+    before = requests.get(seg.url + "/readyz", timeout=10).json()
+    concurrently(lambda: post(seg, images.photo_bytes()).raise_for_status(), times=6, at_once=2)
+    after = requests.get(seg.url + "/readyz", timeout=10).json()
+    assert after["requests_served"] >= before["requests_served"] + 6
+    assert after["model_builds"] == 1, \
+        f"the model was built {after['model_builds']} times: build it once at import, not in the request"
+    assert after["pid"] == before["pid"]
+
+
+def test_health_and_readiness(seg):
+    alive = requests.get(seg.url + "/healthz", timeout=10)
+    ready = requests.get(seg.url + "/readyz", timeout=10).json()
+    assert alive.status_code == 200
+    assert {"pid", "weights", "torch_threads", "requests_served", "model_builds"} <= ready.keys()
+    assert ready["torch_threads"] == 1
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16"])
+def test_any_image_mode_is_accepted(seg, local, mode):
+    _, voc, _ = local
+    mask = mask_of(post(seg, images.in_mode(images.photo(), mode)), voc)
+    assert mask.shape == (300, 451), f"a {mode} image should be converted to RGB and segmented"
+
+
+BAD_INPUTS = {
+    "empty body": (b"", 400),
+    "not an image": (b"hello, I am text", 400),
+    "truncated image": (images.truncated(), 400),
+    "400-megapixel bomb": (images.pixel_bomb(), 413),
+    "body over the size limit": (os.urandom(3 * 1024 * 1024), 413),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_input_gets_a_json_4xx(seg, name):
+    body, status = BAD_INPUTS[name]
+    r = post(seg, body)
+    assert r.status_code == status, f"{name}: got {r.status_code}, expected {status}: {r.text[:200]}"
+    assert r.headers["Content-Type"] == "application/json" and r.json().get("error"), \
+        f"{name}: the {status} should be JSON with an 'error' saying what is wrong"
+    assert post(seg, images.photo_bytes()).status_code == 200, f"the server stopped serving after: {name}"
+
+
+def test_wrong_method_and_unknown_format(seg):
+    assert requests.get(seg.url + "/infer", timeout=10).status_code == 405
+    r = post(seg, images.photo_bytes(), fmt="bmp")
+    assert r.status_code == 400 and "format" in r.json()["error"]
+
+
+def test_client_writes_an_overlay(seg, lessons, tmp_path):
+    out = tmp_path / "overlay.png"
+    run = subprocess.run([sys.executable, "client.py", "--url", seg.url + "/infer", "--out", str(out)],
+                         cwd=lessons / LESSON, capture_output=True, text=True, timeout=120,
+                         env=base_env())
+    assert run.returncode == 0, f"client.py failed:\n{run.stderr[-2000:]}"
+    assert "classes found:" in run.stdout and "round trip" in run.stdout
+    overlay = Image.open(out)
+    assert overlay.size == images.photo().size, "the overlay should be the size of the photo"
+    photo = np.asarray(images.photo(), dtype=int)
+    assert np.abs(np.asarray(overlay.convert("RGB"), dtype=int) - photo).mean() > 5, \
+        "the overlay looks like the bare photo: paint the mask over it"
+
+
+def _start_with_weights(lessons, weights: str):
+    return lesson_server(lessons, LESSON, env={"SEG_WEIGHTS": weights})
+
+
+def test_weights_file_is_loaded(lessons, local, tmp_path):
+    import torch
+
+    segmentation, voc, model = local
+    path = tmp_path / "my-weights.pth"
+    torch.save(model.net.state_dict(), path)
+    photo = images.photo_bytes()
+    expected = segmentation.predict(model, segmentation.decode_image(photo, 10**8))
+    with _start_with_weights(lessons, str(path)) as server:
+        r = post(server, photo)
+        assert r.headers["X-Model-Weights"] == "file:my-weights.pth"
+        assert np.array_equal(mask_of(r, voc), expected)
+
+
+@pytest.mark.parametrize("content", [b"this is not a checkpoint", "wrong-shape"])
+def test_bad_weights_file_stops_the_start_clearly(lessons, tmp_path, content):
+    import torch
+
+    path = tmp_path / "bad.pth"
+    if content == "wrong-shape":
+        torch.save({"backbone.0.0.weight": torch.zeros(1)}, path)
+    else:
+        path.write_bytes(content)
+    run = subprocess.run([sys.executable, "inference.py"], cwd=lessons / LESSON, capture_output=True,
+                         text=True, timeout=120, env=base_env({"SEG_WEIGHTS": str(path), "PORT": "1"}))
+    assert run.returncode != 0, "the app started with a broken weights file"
+    assert "not a state dict" in run.stderr and "Traceback" not in run.stderr, \
+        f"expected one clear line naming the file, got:\n{run.stderr[-1500:]}"
+
+
+@pytest.mark.pretrained
+def test_pretrained_weights_see_the_cat(lessons, local):
+    if not PRETRAINED.exists():
+        pytest.skip(f"the pretrained weights are not on this machine ({PRETRAINED}); "
+                    "they download on first use with SEG_WEIGHTS=default where there is internet")
+    _, voc, _ = local
+    with _start_with_weights(lessons, str(PRETRAINED)) as server:
+        mask = mask_of(post(server, images.photo_bytes()), voc)
+    ids, counts = np.unique(mask[mask > 0], return_counts=True)
+    assert len(ids), "the pretrained model found nothing but background in the cat photo"
+    assert voc.CLASSES[ids[counts.argmax()]] == "cat"

@@ -1,0 +1,164 @@
+"""The model side of lesson 02: build LRASPP once, turn bytes into a mask.
+
+Nothing here knows about HTTP, so the same functions serve the Flask app,
+the checks (which compare the server's answer with an in-process run) and
+the benchmarks.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.models.segmentation import (
+    LRASPP_MobileNet_V3_Large_Weights as Weights,
+    lraspp_mobilenet_v3_large,
+)
+
+from voc import CLASSES
+
+log = logging.getLogger("segmentation")
+
+# voc.py holds the class names, colours and mask formats (no torch needed there,
+# so the client stays light). Check they match the weights' own class list.
+assert CLASSES[1:] == Weights.DEFAULT.meta["categories"][1:]
+
+
+class BadImage(ValueError):
+    """The upload is not something we can segment (the client's fault: 4xx)."""
+
+    status = 400
+
+
+class ImageTooLarge(BadImage):
+    status = 413
+
+
+@dataclass
+class Model:
+    net: torch.nn.Module
+    weights: str          # "pretrained", "random" or "file:<name>": sent with every answer
+    preprocess: object    # the transforms the weights were trained with
+
+
+# How many models this process has built. The checks read it from /readyz to
+# prove the model is built once per process, never per request.
+builds = 0
+
+
+def load_model(choice: str | None = None) -> Model:
+    """Build LRASPP MobileNetV3-Large with the weights SEG_WEIGHTS asks for.
+
+    auto     pretrained weights if they can be had, else random (with a warning)
+    default  torchvision's pretrained weights (downloaded once, then cached)
+    random   untrained weights, seeded, for offline use and tests
+    PATH     a state dict saved with torch.save(model.state_dict(), PATH)
+    """
+    global builds
+    choice = choice or os.environ.get("SEG_WEIGHTS", "auto")
+    if choice == "auto":
+        try:
+            net, kind = _pretrained(), "pretrained"
+        except Exception as exc:  # no network, no cache: keep teaching offline
+            log.warning("!!! pretrained weights unavailable (%s): serving RANDOM "
+                        "weights, masks will be meaningless. Set SEG_WEIGHTS to a "
+                        ".pth file or 'default' once you are online.", exc)
+            net, kind = _random(), "random"
+    elif choice == "default":
+        net, kind = _pretrained(), "pretrained"
+    elif choice == "random":
+        net, kind = _random(), "random"
+    else:
+        net, kind = _from_file(choice), f"file:{os.path.basename(choice)}"
+    net.eval()  # inference behaviour for batch norm and dropout
+    builds += 1
+    return Model(net=net, weights=kind, preprocess=Weights.DEFAULT.transforms())
+
+
+def _pretrained() -> torch.nn.Module:
+    return lraspp_mobilenet_v3_large(weights=Weights.DEFAULT)
+
+
+def _random() -> torch.nn.Module:
+    # Seeded, so every process builds the same "random" model and the checks
+    # can compare a server's mask with one computed in the test itself.
+    torch.manual_seed(int(os.environ.get("SEG_SEED", "0")))
+    net = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                    num_classes=len(CLASSES))
+    # Freshly initialised batch-norm layers make every pixel the same class.
+    # One pass over seeded noise in training mode gives them real statistics:
+    # the masks then follow the shapes in the photo, though the labels mean nothing.
+    for layer in net.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.momentum = None  # plain average over what it sees
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(4, 3, 224, 224))
+    return net
+
+
+def _from_file(path: str) -> torch.nn.Module:
+    net = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                    num_classes=len(CLASSES))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state, strict=True)  # strict: a wrong file fails now, not later
+    except FileNotFoundError:
+        raise SystemExit(f"SEG_WEIGHTS={path}: no such file") from None
+    except Exception as exc:
+        raise SystemExit(f"SEG_WEIGHTS={path} is not a state dict for "
+                         f"lraspp_mobilenet_v3_large: {exc}") from None
+    return net
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Bytes from the client -> an upright RGB image, or BadImage."""
+    if not data:
+        raise BadImage("empty body: send the image bytes as the request body")
+    try:
+        img = Image.open(io.BytesIO(data))
+        # Check the size from the header, before decoding a single pixel:
+        # a tiny file can claim to be 50000 x 50000 (a decompression bomb).
+        if img.width * img.height > max_pixels:
+            raise ImageTooLarge(f"image is {img.width}x{img.height} pixels; "
+                                f"the limit is {max_pixels} pixels")
+        img.load()  # decode now, so a truncated file fails here as a 4xx
+        img = ImageOps.exif_transpose(img)  # phones store "rotate me" in EXIF
+    except BadImage:
+        raise
+    except UnidentifiedImageError:
+        raise BadImage("the body is not an image PIL can read (JPEG, PNG, ...)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(str(exc)) from None
+    except Exception as exc:  # truncated or corrupt data
+        raise BadImage(f"could not decode the image: {exc}") from None
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode (L, LA, P, RGBA, CMYK, 16-bit, float) -> 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # PIL cannot convert these to RGB directly: scale to 0..255 ourselves.
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        img = Image.fromarray(a.astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
+@torch.inference_mode()  # no autograd bookkeeping: faster and lighter
+def predict(model: Model, img: Image.Image) -> np.ndarray:
+    """RGB image -> uint8 mask of class ids, same height and width as img."""
+    batch = model.preprocess(img).unsqueeze(0)      # resize to 520, normalise, add batch dim
+    logits = model.net(batch)["out"][0]             # (21, h, w) at the resized size
+    mask = logits.argmax(0).to(torch.uint8).numpy()
+    if mask.shape != (img.height, img.width):
+        # Scale the mask back to the uploaded size so it lines up with the photo.
+        # NEAREST keeps class ids intact (no blending of 8 and 15 into 11).
+        mask = np.asarray(Image.fromarray(mask).resize(img.size, Image.NEAREST))
+    return mask

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The workshop's one entry point. Every command sets up what it needs first
+# (apt packages, the .venv virtualenv, pinned requirements); a second run is quick.
+#
+#   ./workshop.sh demo          the full stack segments a sample photo (writes out/demo-overlay.png)
+#   ./workshop.sh check         every lesson's checks + the guide's build
+#   ./workshop.sh check LESSON  one lesson's checks, e.g. ./workshop.sh check 03
+#   ./workshop.sh docs          the guide at http://127.0.0.1:8000 (mkdocs serve)
+#   ./workshop.sh setup         only the setup
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")" && pwd)
+cd "$ROOT"
+PY="$ROOT/.venv/bin/python"
+export NO_MKDOCS_2_WARNING=1   # mkdocs-material prints an advert for its successor otherwise
+
+cmd=${1:-help}; shift || true
+case "$cmd" in
+  setup) bash scripts/setup.sh ;;
+  demo)  bash scripts/setup.sh && "$PY" -m workshop.demo "$@" ;;
+  check)
+    bash scripts/setup.sh
+    if [ $# -gt 0 ]; then
+      exec "$PY" -m pytest "checks/test_$1"*.py "${@:2}"
+    fi
+    "$PY" -m pytest checks/
+    "$PY" -m mkdocs build --strict --quiet --site-dir site
+    echo "guide built: site/index.html"
+    ;;
+  docs)  bash scripts/setup.sh && exec "$PY" -m mkdocs serve "$@" ;;
+  *) sed -n '2,10p' "$0"; [ "$cmd" = help ] || exit 2 ;;
+esac

@@ -1,0 +1,120 @@
+"""One nginx site template, rendered two ways: for production and for a local run.
+
+A lesson's `inference.conf.template` uses `${NAME}` placeholders, the same
+syntax the official nginx Docker image fills in from the environment
+(lesson 06). Rendering it here:
+
+  production  -> the file you copy to /etc/nginx/sites-available/
+  local       -> a prefix folder with its own nginx.conf, so nginx runs
+                 without root on 127.0.0.1 (`nginx -p PREFIX -c nginx.conf`)
+
+Command line (used by the lessons' run.sh):
+  python -m workshop.nginx local PREFIX TEMPLATE... NAME=VALUE ...
+  python -m workshop.nginx production TEMPLATE VALUES_FILE OUT
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+UWSGI_PARAMS = Path("/etc/nginx/uwsgi_params")
+
+LOCAL_MAIN = """\
+# Written by workshop/nginx.py: a private nginx under {prefix}
+# (run without root: nginx -p {prefix} -c nginx.conf). Do not edit; edit the template.
+{user}worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log stderr notice;
+daemon off;
+
+events {{
+    worker_connections 256;
+}}
+
+http {{
+    # Every path nginx would otherwise put under /var: kept in the prefix.
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    access_log {prefix}/access.log;
+
+    include {site};
+}}
+"""
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """Fill ${NAME} placeholders; a missing value is an error, not an empty string."""
+    missing = sorted({m for m in PLACEHOLDER.findall(template) if m not in values})
+    if missing:
+        raise KeyError(f"no value for {', '.join(missing)} in the nginx template")
+    return PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), template)
+
+
+def read_values(path: Path) -> dict[str, str]:
+    """NAME=VALUE lines (comments with #), e.g. a lesson's production.env."""
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+def write_local(prefix: Path, templates: list[Path], values: dict[str, str]) -> Path:
+    """Render the templates and a main nginx.conf into prefix; return the main config."""
+    prefix = Path(prefix).resolve()
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    sites = prefix / "conf.d"
+    sites.mkdir(exist_ok=True)
+    for old in sites.glob("*.conf"):
+        old.unlink()
+    for template in templates:
+        site = sites / Path(template).name.removesuffix(".template")
+        site.write_text(render(Path(template).read_text(), {"LOG_DIR": str(prefix), **values}))
+    # `include uwsgi_params;` is looked up next to the main config.
+    shutil.copy(UWSGI_PARAMS, prefix / "uwsgi_params")
+    # Started as root, nginx's workers drop to an unprivileged user. Name it, so
+    # the socket's group (www-data, lesson 04) is the one they run with.
+    user = "user www-data www-data;\n" if os.geteuid() == 0 else ""
+    main = prefix / "nginx.conf"
+    main.write_text(LOCAL_MAIN.format(prefix=prefix, site=sites / "*.conf", user=user))
+    return main
+
+
+def test_config(main_conf: Path, prefix: Path | None = None) -> subprocess.CompletedProcess:
+    """`nginx -t`: parse and check a config without starting anything."""
+    prefix = prefix or Path(main_conf).parent
+    return subprocess.run(["nginx", "-t", "-p", str(prefix), "-c", str(main_conf)],
+                          capture_output=True, text=True)
+
+
+def _main(argv: list[str]) -> int:
+    if not shutil.which("nginx"):
+        print("nginx is not installed: run `make setup` (it uses apt-get).", file=sys.stderr)
+        return 1
+    if argv[:1] == ["local"] and len(argv) >= 3:
+        templates = [Path(a) for a in argv[2:] if "=" not in a]
+        values = dict(a.split("=", 1) for a in argv[2:] if "=" in a)
+        print(write_local(Path(argv[1]), templates, values))
+        return 0
+    if argv[:1] == ["production"] and len(argv) == 4:
+        text = render(Path(argv[1]).read_text(), read_values(Path(argv[2])))
+        Path(argv[3]).write_text(text)
+        print(argv[3])
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,180 @@
+"""Start, watch and stop the workshop's servers as real subprocesses.
+
+Every server (Flask, uWSGI, nginx, a lesson's run.sh) is started in a new
+session, so it and every child it forks share one process group. Stopping
+signals the whole group: nothing is left behind even if the server forked
+workers, a master, or a helper of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_owner(port: int) -> str:
+    """Who listens on a loopback port, for error messages ("port in use by ...")."""
+    try:
+        out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"],
+                             capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.strip() or "nobody"
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class ServerDidNotStart(RuntimeError):
+    pass
+
+
+@dataclass
+class Server:
+    """One started command: its process group, its log and where it answers."""
+
+    name: str
+    cmd: list[str]
+    log_path: Path
+    cwd: Path | None = None
+    env: dict | None = None
+    url: str = ""
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self) -> "Server":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=self.cwd, env=self.env, stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self, lines: int = 40) -> str:
+        return tail(self.log_path, lines)
+
+    def wait_http(self, path: str = "/healthz", timeout: float = 60.0,
+                  ok=(200,)) -> "Server":
+        """Poll url+path until it answers with a status in `ok`."""
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise ServerDidNotStart(
+                    f"{self.name} exited with code {self.proc.returncode} before "
+                    f"answering {self.url}{path}.\n--- last lines of its log ---\n"
+                    f"{self.log()}")
+            try:
+                r = requests.get(self.url + path, timeout=2)
+                if r.status_code in ok:
+                    return self
+                last = f"HTTP {r.status_code}"
+            except requests.RequestException as e:
+                last = type(e).__name__
+            time.sleep(0.1)
+        raise ServerDidNotStart(
+            f"{self.name} did not answer {self.url}{path} within {timeout:.0f} s "
+            f"(last: {last}).\n--- last lines of its log ---\n{self.log()}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the process we started, then SIGKILL whatever is left of its tree.
+
+        Only the top process gets SIGTERM: a run.sh, a uWSGI master or an nginx
+        master stops its own children, once and in order. Signalling every
+        process at once can deadlock a uWSGI worker that gets two stop signals.
+        """
+        if self.proc is None:
+            return
+        tree = set(descendants(self.proc.pid)) | {self.proc.pid}
+        try:
+            self.proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.proc.poll()  # reap our own child so it does not linger as a zombie
+            tree |= set(descendants(self.proc.pid))
+            if not any(running(pid) for pid in tree):
+                break
+            time.sleep(0.05)
+        leftovers = [pid for pid in tree if running(pid)]
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        if leftovers:
+            with open(self.log_path, "a") as log:
+                log.write(f"\n[harness] SIGKILLed {leftovers}: still running "
+                          f"{timeout:.0f} s after SIGTERM\n")
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        # fields after the command name: state ppid pgrp session ...
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split())
+    except (OSError, IndexError):
+        return None
+
+
+def running(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (children, grandchildren, ...)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    """Poll predicate() until it returns something truthy; return that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
