@@ -44,6 +44,10 @@ def pytest_runtest_makereport(item, call):
     if report.failed:
         for server in harness.RUNNING:
             report.sections.append((f"log of {server.name} ({server.log_path})", server.log(30)))
+        for name, log in harness.STOPPED:
+            report.sections.append((f"log of {name} (stopped during this test)", log))
+    if report.when == "teardown":
+        harness.STOPPED.clear()
     return report
 
 

@@ -2,8 +2,9 @@
 # only the commands that matter:
 #   - work in the lesson's folder, with the workshop's virtualenv on PATH;
 #   - RUN_DIR: where sockets, logs and rendered configs go (not the repo);
-#   - start_bg/wait_any: start servers, and stop *all* of them on Ctrl-C or
-#     as soon as one of them dies, then remove their sockets.
+#   - start_bg / wait_ready / watch_all: start servers, wait until the stack
+#     answers (stop everything if one dies on the way), then keep watching
+#     until Ctrl-C, which stops *all* of them and removes their sockets.
 set -euo pipefail
 
 LESSON_DIR=$(cd "$(dirname "${BASH_SOURCE[1]}")" && pwd)
@@ -33,6 +34,7 @@ start_bg() {  # start_bg NAME CMD...: run CMD in the background, remember it
     # deadlock in torch's exit handlers.)
     setsid "$@" &
     _pids+=($!)
+    trap stop_all INT TERM EXIT   # from now on, any exit stops what we started
 }
 
 stop_all() {
@@ -40,20 +42,62 @@ stop_all() {
     if [ ${#_pids[@]} -gt 0 ]; then
         echo "[run] stopping ${#_pids[@]} process(es)..."
         kill -TERM "${_pids[@]}" 2>/dev/null || true
-        wait "${_pids[@]}" 2>/dev/null || true
+        # Give them 20 s to stop cleanly, then kill what is left, children too
+        # (setsid made each server the leader of its own process group).
+        for _ in $(seq 200); do
+            kill -0 "${_pids[@]}" 2>/dev/null || break
+            sleep 0.1
+        done
+        for pid in "${_pids[@]}"; do
+            if kill -0 "$pid" 2>/dev/null; then
+                echo "[run] $pid ignored SIGTERM: killing its process group" >&2
+                kill -KILL -- "-$pid" 2>/dev/null || true
+            fi
+        done
+        wait 2>/dev/null || true
     fi
     rm -f "$RUN_DIR"/*.sock
     echo "[run] stopped"
 }
 
-wait_any() {  # block until Ctrl-C or until any server exits, then stop them all
-    trap stop_all INT TERM EXIT
-    wait -n "${_pids[@]}" || true
+wait_ready() {  # wait_ready URL [FILE...]: until URL answers and the FILEs exist
+    # (uWSGI's stats socket appears once its master has set up its signal
+    # handlers: a stop signal sent before that moment would be lost).
+    # If a server dies on the way, stop everything.
+    local url=$1; shift
+    for _ in $(seq 1200); do
+        local missing=0
+        for f in "$@"; do [ -e "$f" ] || missing=1; done
+        if [ $missing = 0 ] && curl -fsS -o /dev/null "$url" 2>/dev/null; then
+            echo "[run] ready: ${url%/readyz}/infer  (Ctrl-C stops everything)"
+            return 0
+        fi
+        for pid in "${_pids[@]}"; do
+            kill -0 "$pid" 2>/dev/null || { echo "[run] process $pid exited during start-up" >&2; exit 1; }
+        done
+        sleep 0.1
+    done
+    echo "[run] $url did not answer within 120 s" >&2
+    exit 1
+}
+
+watch_all() {  # after start-up: report servers that exit, keep the others, until Ctrl-C
+    local alive=("${_pids[@]}")
+    while [ ${#alive[@]} -gt 0 ]; do
+        sleep 0.5 & wait $!
+        local still=()
+        for pid in "${alive[@]}"; do
+            if kill -0 "$pid" 2>/dev/null; then still+=("$pid")
+            else echo "[run] process $pid exited; the others keep running (Ctrl-C stops them)"; fi
+        done
+        alive=("${still[@]}")
+    done
 }
 
 # Defaults every lesson agrees on; export PORT=8080 (etc.) before run.sh to move them.
 export PORT=${PORT:-5000}          # where the client talks: Flask, uWSGI or nginx
-export TCP_PORT=${TCP_PORT:-8001}  # lesson 05's second upstream (TCP)
+export TCP_HOST=${TCP_HOST:-127.0.0.1}  # lesson 05's second upstream (TCP) ...
+export TCP_PORT=${TCP_PORT:-8001}       # ... listens here (0.0.0.0 in a container)
 # Started as root, nginx's workers run as www-data: uWSGI then hands its socket
 # to that group (mode 660), never to everyone (666). See lesson 04.
 if [ "$(id -u)" = 0 ]; then export SOCKET_OWNER=${SOCKET_OWNER:-root:www-data}; fi

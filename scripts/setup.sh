@@ -15,6 +15,14 @@ command -v curl  >/dev/null || need+=(curl)
 command -v ss    >/dev/null || need+=(iproute2)      # "who uses this port?" in the checks' hints
 command -v setsid >/dev/null || need+=(util-linux)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+# pip compiles uWSGI: it needs a C compiler and the headers of this Python.
+command -v gcc >/dev/null || need+=(build-essential)
+# The guide: npm fetches the diagram library at build time; the guide's
+# checks open every page in headless Chromium.
+command -v npm >/dev/null || need+=(npm)
+command -v chromium >/dev/null || need+=(chromium)
+python3 -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || need+=(python3-dev)
 if [ ${#need[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null; then
         echo "[setup] Please install: ${need[*]} (this script knows apt-get only: Debian/Ubuntu)." >&2

@@ -17,7 +17,7 @@ from pathlib import Path
 from .harness import lesson_server
 from .lessons import REFERENCE, ROOT, import_module
 
-STACK = "02_segmentation"   # the most complete lesson so far
+STACK = "05_multi_upstream"   # nginx -> two uWSGI upstreams (unix socket + TCP)
 
 
 def main() -> int:

@@ -26,8 +26,10 @@ import requests
 
 from .procs import Server, ServerDidNotStart, free_port
 
-# Servers alive right now; the checks print their logs when a test fails.
+# Servers alive right now, and those stopped during the current test: the
+# checks print their logs when a test fails.
 RUNNING: list[Server] = []
+STOPPED: list[tuple[str, str]] = []   # (name, last lines of its log)
 
 # Defaults for every server a check starts: untrained weights (no download),
 # one torch thread per process (these machines have 2 cores).
@@ -71,6 +73,7 @@ def lesson_server(root: Path, lesson: str, args: list[str] | None = None,
                     log_path=run_dir / "server.log", cwd=script.parent,
                     env=full_env, url=f"http://127.0.0.1:{port}")
     server.run_dir = run_dir
+    server.lesson_dir = script.parent
     server.env = full_env
     if "nginx" in script.read_text() and not shutil.which("nginx", path=full_env["PATH"]):
         raise ServerDidNotStart("nginx is not installed: run ./workshop.sh setup "
@@ -78,12 +81,16 @@ def lesson_server(root: Path, lesson: str, args: list[str] | None = None,
     RUNNING.append(server)
     try:
         server.start()
+        if "wait_ready" in script.read_text():
+            # The lesson's own notion of ready: every server up, signal handlers set.
+            server.wait_log("[run] ready:", timeout=timeout)
         if ready:
             server.wait_http(ready, timeout=timeout)
         yield server
     finally:
         server.stop()
         RUNNING.remove(server)
+        STOPPED.append((server.name, server.log(40)))
         if own_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -101,6 +108,7 @@ def stop(server: Server) -> None:
     server.stop()
     if server in RUNNING:
         RUNNING.remove(server)
+        STOPPED.append((server.name, server.log(40)))
 
 
 def concurrently(fn, times: int, at_once: int) -> list:

@@ -70,6 +70,13 @@ def read_values(path: Path) -> dict[str, str]:
     return values
 
 
+def production(template: Path, values_file: Path) -> str:
+    """The file for /etc/nginx/sites-available, with a do-not-edit header."""
+    header = (f"# GENERATED from {template.name} with {values_file.name} "
+              f"(python -m workshop.nginx production ...).\n# Edit those, not this file.\n")
+    return header + render(template.read_text(), read_values(values_file))
+
+
 def write_local(prefix: Path, templates: list[Path], values: dict[str, str]) -> Path:
     """Render the templates and a main nginx.conf into prefix; return the main config."""
     prefix = Path(prefix).resolve()
@@ -108,8 +115,7 @@ def _main(argv: list[str]) -> int:
         print(write_local(Path(argv[1]), templates, values))
         return 0
     if argv[:1] == ["production"] and len(argv) == 4:
-        text = render(Path(argv[1]).read_text(), read_values(Path(argv[2])))
-        Path(argv[3]).write_text(text)
+        Path(argv[3]).write_text(production(Path(argv[1]), Path(argv[2])))
         print(argv[3])
         return 0
     print(__doc__, file=sys.stderr)

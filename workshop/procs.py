@@ -103,7 +103,21 @@ class Server:
             f"{self.name} did not answer {self.url}{path} within {timeout:.0f} s "
             f"(last: {last}).\n--- last lines of its log ---\n{self.log()}")
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def wait_log(self, text: str, timeout: float = 90.0) -> "Server":
+        """Wait until the server's log contains text (e.g. run.sh's "[run] ready:")."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in tail(self.log_path, 400):
+                return self
+            if not self.alive():
+                raise ServerDidNotStart(
+                    f"{self.name} exited with code {self.proc.returncode} before saying "
+                    f"{text!r}.\n--- last lines of its log ---\n{self.log()}")
+            time.sleep(0.1)
+        raise ServerDidNotStart(f"{self.name} did not say {text!r} within {timeout:.0f} s."
+                                f"\n--- last lines of its log ---\n{self.log()}")
+
+    def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the process we started, then SIGKILL whatever is left of its tree.
 
         Only the top process gets SIGTERM: a run.sh, a uWSGI master or an nginx

@@ -4,4 +4,5 @@
 # e.g. ./run.sh --processes 4
 source "$(dirname "$0")/../common.sh"
 start_bg uwsgi uwsgi --ini inference.ini "$@"
-wait_any
+wait_ready "http://127.0.0.1:$PORT/readyz" "$RUN_DIR/stats.sock"
+watch_all

@@ -11,5 +11,6 @@ conf=$(render_nginx inference.conf.template \
 nginx -t -q -p "$RUN_DIR/nginx" -c "$conf"
 start_bg nginx nginx -p "$RUN_DIR/nginx" -c "$conf"
 
-echo "[run] nginx on http://127.0.0.1:$PORT/infer -> uWSGI at $RUN_DIR/inference.sock"
-wait_any
+echo "[run] nginx on 127.0.0.1:$PORT -> uWSGI at $RUN_DIR/inference.sock"
+wait_ready "http://127.0.0.1:$PORT/readyz" "$RUN_DIR/stats.sock"
+watch_all

@@ -1,0 +1,123 @@
+"""Lesson 03: uWSGI runs the lesson-02 app in several workers, and keeps them healthy."""
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from workshop import images
+from workshop.harness import LoadRun, base_env, concurrently, lesson_server, started, stop, uwsgi_stats
+from workshop.procs import free_port, wait_for
+
+LESSON = "03_uwsgi"
+PHOTO = images.encode(images.photo().resize((256, 256)), "JPEG")
+
+
+@pytest.fixture(scope="module")
+def uwsgi_server(lessons):
+    with lesson_server(lessons, LESSON) as server:
+        yield server
+
+
+def segment(server, **params):
+    return requests.post(server.url + "/infer", data=PHOTO, params={"format": "png", **params}, timeout=60)
+
+
+def worker_pids(server) -> set[int]:
+    return {w["pid"] for w in uwsgi_stats(server.run_dir / "stats.sock")["workers"] if w["pid"]}
+
+
+def test_served_by_uwsgi_workers(uwsgi_server):
+    r = segment(uwsgi_server)
+    assert r.status_code == 200
+    cmdline = Path(f"/proc/{r.headers['X-Worker-Pid']}/cmdline").read_bytes().decode()
+    assert "uwsgi" in cmdline, f"the answer came from {cmdline!r}, not a uWSGI worker: start it with run.sh"
+
+
+def test_two_workers_exist(uwsgi_server):
+    stats = uwsgi_stats(uwsgi_server.run_dir / "stats.sock")
+    assert len(stats["workers"]) == 2, \
+        f"{len(stats['workers'])} workers: is `processes = 2` in workers.ini? (one per core)"
+
+
+def test_two_workers_share_the_load(uwsgi_server):
+    replies = concurrently(lambda: segment(uwsgi_server), times=20, at_once=4)
+    assert all(r.status_code == 200 for r in replies)
+    pids = {r.headers["X-Worker-Pid"] for r in replies}
+    assert len(pids) == 2, f"only {pids} answered 20 concurrent requests: is `processes = 2` set?"
+
+
+def test_each_worker_built_the_model_once(uwsgi_server):
+    seen = {}
+    def ask():
+        info = requests.get(uwsgi_server.url + "/readyz", timeout=10).json()
+        seen[info["pid"]] = info
+        return len(seen) == 2
+    wait_for(ask, timeout=30, interval=0, what="/readyz answers from both workers")
+    for info in seen.values():
+        assert info["model_builds"] == 1, \
+            f"worker {info['pid']} built the model {info['model_builds']} times: build it at import, once"
+
+
+def test_killed_worker_is_respawned(uwsgi_server):
+    before = worker_pids(uwsgi_server)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    after = wait_for(lambda: (pids := worker_pids(uwsgi_server)) and victim not in pids
+                     and len(pids) == 2 and pids, timeout=30,
+                     what="the master to respawn the killed worker (is `master = true` set?)")
+    assert victim not in after
+    replies = concurrently(lambda: segment(uwsgi_server), times=8, at_once=2)
+    assert [r.status_code for r in replies] == [200] * 8, "requests failed after a worker was respawned"
+
+
+def test_graceful_reload_under_load_loses_nothing(uwsgi_server):
+    before = worker_pids(uwsgi_server)
+    master = int((uwsgi_server.run_dir / "uwsgi.pid").read_text())
+    with LoadRun(lambda: segment(uwsgi_server).status_code, count=80, at_once=4, max_seconds=120) as load:
+        wait_for(lambda: load.done() >= 10, timeout=60, what="the load to start")
+        os.kill(master, signal.SIGHUP)  # what `uwsgi --reload uwsgi.pid` sends
+    assert len(load.outcomes) == 80, f"only {len(load.outcomes)} of 80 requests finished"
+    failed = [o for o in load.outcomes if o != 200]
+    assert not failed, f"{len(failed)} requests failed during a graceful reload: {failed[:5]}"
+    after = wait_for(lambda: len(pids := worker_pids(uwsgi_server)) == 2 and pids, timeout=30, what="workers")
+    assert after.isdisjoint(before), "the workers were not replaced: did SIGHUP reload uWSGI?"
+
+
+def test_harakiri_kills_a_stuck_request(lessons):
+    # SEG_DEBUG_DELAY=1 enables ?delay=S in the app, to simulate a stuck request.
+    with lesson_server(lessons, LESSON, args=["--harakiri", "3"], env={"SEG_DEBUG_DELAY": "1"}) as server:
+        stuck_pid = None
+        try:
+            r = segment(server, delay=20)
+            outcome = r.status_code
+        except requests.ConnectionError:
+            outcome = "connection closed"
+        assert outcome != 200, "a request that sleeps 20 s returned 200 although harakiri is 3 s"
+        wait_for(lambda: "HARAKIRI" in server.log(200), timeout=10, what="HARAKIRI in the uWSGI log")
+        replies = concurrently(lambda: segment(server), times=6, at_once=2)
+        assert [r.status_code for r in replies] == [200] * 6, "the server did not recover after harakiri"
+        assert len(worker_pids(server)) == 2
+
+
+def test_without_the_debug_switch_delay_is_ignored(uwsgi_server):
+    r = segment(uwsgi_server, delay=30)
+    assert r.status_code == 200 and float(r.headers["X-Inference-Ms"]) < 20_000, \
+        "?delay must only work when SEG_DEBUG_DELAY=1 is set"
+
+
+def test_the_tutorial_command_line_form_works(lessons, tmp_path):
+    # uwsgi --http ... --wsgi-file ... --callable app: the one-liner before the .ini
+    port = free_port()
+    app_dir = lessons / "02_segmentation"
+    server = started("uwsgi-cli", ["uwsgi", "--http", f"127.0.0.1:{port}", "--wsgi-file", "inference.py",
+                                   "--callable", "app", "--master", "--die-on-term"],
+                     run_dir=tmp_path, cwd=app_dir, url=f"http://127.0.0.1:{port}")
+    try:
+        server.wait_http("/readyz", timeout=90)
+        assert segment(server).status_code == 200
+    finally:
+        stop(server)

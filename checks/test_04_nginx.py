@@ -1,0 +1,168 @@
+"""Lesson 04: nginx in front of uWSGI, over a unix socket only nginx's group can use."""
+
+import grp
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+
+import numpy as np
+import pytest
+import requests
+
+from workshop import images, nginx
+from workshop.harness import lesson_server
+from workshop.lessons import ROOT, import_module
+from workshop.procs import wait_for
+
+LESSON = "04_nginx"
+PHOTO = images.photo_bytes()
+
+
+@pytest.fixture(scope="module")
+def stack(lessons):
+    with lesson_server(lessons, LESSON) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def local(lessons):
+    import torch
+
+    torch.set_num_threads(1)
+    segmentation = import_module(lessons, "02_segmentation", "segmentation")
+    voc = import_module(lessons, "02_segmentation", "voc")
+    model = segmentation.load_model("random")
+    return segmentation.predict(model, segmentation.decode_image(PHOTO, 10**8)), voc
+
+
+def segment(server, data=PHOTO):
+    return requests.post(server.url + "/infer", data=data, params={"format": "png"}, timeout=60)
+
+
+def effective_config(server) -> str:
+    prefix = server.run_dir / "nginx"
+    out = subprocess.run(["nginx", "-T", "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+                         capture_output=True, text=True, env=server.env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_answer_through_nginx_is_the_app_answer(stack, local):
+    expected, voc = local
+    r = segment(stack)
+    assert r.status_code == 200, f"nginx answered {r.status_code}: {r.text[:200]}"
+    assert r.headers["Server"] == "nginx", "the answer did not come through nginx"
+    assert r.headers["X-Upstream"].startswith("unix:"), "nginx should pass to uWSGI over the unix socket"
+    assert np.array_equal(voc.mask_from_png(r.content), expected), \
+        "the mask through nginx differs from the app's own answer"
+
+
+@pytest.mark.parametrize("directive", [
+    "server_tokens off;", "client_max_body_size 10m;", "include uwsgi_params;",
+    "uwsgi_read_timeout 35s;", "uwsgi_next_upstream error timeout non_idempotent;",
+    "upstream=$upstream_addr", "upstream_time=$upstream_response_time",
+])
+def test_effective_config_holds_the_promised_directives(stack, directive):
+    assert directive in effective_config(stack), f"`nginx -T` does not show {directive!r}"
+
+
+def test_server_name_is_a_name_not_an_address(stack):
+    config = effective_config(stack)
+    directives = [line.strip() for line in config.splitlines() if not line.strip().startswith("#")]
+    assert "server_name 0.0.0.0;" not in directives and "server_name localhost;" in directives
+
+
+def test_no_version_in_error_pages(stack):
+    r = requests.get(stack.url + "/no-such-page", timeout=10)
+    assert r.headers["Server"] == "nginx", "server_tokens off hides the version: 'nginx', not 'nginx/1.x'"
+
+
+def test_socket_is_shared_through_a_group_not_the_world(stack):
+    sock = stack.run_dir / "inference.sock"
+    mode = stat.S_IMODE(sock.stat().st_mode)
+    assert mode == 0o660, f"the socket has mode {oct(mode)}: set chmod-socket = 660 (never 666)"
+    if os.geteuid() == 0:
+        group = grp.getgrgid(sock.stat().st_gid).gr_name
+        assert group == "www-data", f"the socket's group is {group}: nginx's workers run as www-data"
+
+
+def test_oversized_body_gets_413_from_nginx(stack):
+    r = segment(stack, data=b"\0" * (11 * 1024 * 1024))
+    assert r.status_code == 413
+    assert "client_max_body_size" in r.json()["error"], "the 413 should come from nginx, as JSON"
+    assert segment(stack).status_code == 200
+
+
+def test_access_log_shows_upstream_and_times(stack):
+    segment(stack)
+    log = (stack.run_dir / "nginx" / "inference-access.log").read_text()
+    last = log.strip().splitlines()[-1]
+    assert "upstream=unix:" in last and "upstream_time=" in last and "request_time=" in last, last
+
+
+def test_browser_at_the_uwsgi_socket_is_the_classic_mistake(stack):
+    # Speak HTTP to a socket that expects the uwsgi protocol: uWSGI reads
+    # "GE" (0x47 0x45) as a 16-bit packet size, 0x5447 = 21575 - 2 ... = 21573.
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(stack.run_dir / "inference.sock"))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        s.settimeout(5)
+        try:
+            s.recv(100)
+        except (socket.timeout, ConnectionResetError):
+            pass
+    wait_for(lambda: "invalid request block size: 21573" in stack.log(50), timeout=5,
+             what="uWSGI's 'invalid request block size: 21573' in its log")
+    assert segment(stack).status_code == 200
+
+
+def test_stopped_uwsgi_gives_502_as_json(lessons):
+    with lesson_server(lessons, LESSON) as server:
+        master = int((server.run_dir / "uwsgi.pid").read_text())
+        os.kill(master, signal.SIGTERM)
+        wait_for(lambda: not (server.run_dir / "inference.sock").exists(), timeout=30,
+                 what="uWSGI to stop and remove its socket")
+        r = segment(server)
+        assert r.status_code == 502
+        assert "uWSGI" in r.json()["error"], "the 502 should say, in JSON, that no uWSGI server answered"
+
+
+def _wrapped(site: str, tmp_path):
+    """A minimal main config around a site file, as /etc/nginx/nginx.conf does."""
+    shutil.copy(nginx.UWSGI_PARAMS, tmp_path / "uwsgi_params")
+    (tmp_path / "site.conf").write_text(site)
+    main = tmp_path / "nginx.conf"
+    main.write_text(f"pid {tmp_path}/nginx.pid; error_log stderr; events {{}}\n"
+                    f"http {{ include {tmp_path}/site.conf; }}\n")
+    return main
+
+
+def test_production_site_is_the_rendered_template(lessons, tmp_path):
+    lesson = lessons / LESSON
+    rendered = nginx.production(lesson / "inference.conf.template", lesson / "production.env")
+    committed = (lesson / "production" / "inference.conf").read_text()
+    assert committed == rendered, "production/inference.conf is stale: re-render it " \
+        "(python -m workshop.nginx production inference.conf.template production.env production/inference.conf)"
+    result = nginx.test_config(_wrapped(committed, tmp_path))
+    assert result.returncode == 0, f"nginx -t rejects production/inference.conf:\n{result.stderr}"
+
+
+def test_local_config_passes_nginx_t(stack):
+    prefix = stack.run_dir / "nginx"
+    result = nginx.test_config(prefix / "nginx.conf")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_systemd_unit_is_valid(lessons, tmp_path):
+    # Point the unit at this checkout instead of /srv/inference, then let systemd check it.
+    unit = (lessons / LESSON / "production" / "uwsgi-inference.service").read_text()
+    local_unit = tmp_path / "uwsgi-inference.service"
+    local_unit.write_text(unit.replace("/srv/inference/lessons", str(lessons))
+                          .replace("/srv/inference", str(ROOT)))
+    out = subprocess.run(["systemd-analyze", "verify", str(local_unit)], capture_output=True, text=True)
+    problems = [line for line in out.stderr.splitlines() if "uwsgi-inference" in line]
+    assert not problems, "\n".join(problems)

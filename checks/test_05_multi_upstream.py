@@ -1,0 +1,88 @@
+"""Lesson 05: nginx spreads requests over two uWSGI servers, and survives losing one."""
+
+import collections
+import os
+import signal
+import subprocess
+
+import pytest
+import requests
+
+from workshop import images, nginx
+from workshop.harness import LoadRun, lesson_server, started, stop
+from workshop.procs import descendants, wait_for
+
+LESSON = "05_multi_upstream"
+PHOTO = images.encode(images.photo().resize((256, 256)), "JPEG")
+
+
+@pytest.fixture(scope="module")
+def stack(lessons):
+    with lesson_server(lessons, LESSON) as server:
+        yield server
+
+
+def segment(server):
+    return requests.post(server.url + "/infer", data=PHOTO, params={"format": "png"}, timeout=60)
+
+
+def upstream_kind(resp) -> str:
+    addr = resp.headers.get("X-Upstream", "")
+    return "unix" if addr.startswith("unix:") else "tcp" if addr else "none"
+
+
+def test_both_upstreams_answer(stack):
+    kinds = {upstream_kind(segment(stack)) for _ in range(4)}
+    assert kinds == {"unix", "tcp"}, \
+        f"answers came from {kinds}: the upstream block needs the unix socket and the TCP server"
+
+
+def test_round_robin_splits_100_requests_evenly(stack):
+    counts = collections.Counter(upstream_kind(segment(stack)) for _ in range(100))
+    assert set(counts) == {"unix", "tcp"}, f"only {dict(counts)} answered"
+    assert all(45 <= n <= 55 for n in counts.values()), \
+        f"round-robin should give each upstream 50 ± 5 of 100 sequential requests, got {dict(counts)}"
+
+
+def test_each_upstream_is_its_own_uwsgi(stack):
+    pids = {}
+    for _ in range(6):
+        r = requests.get(stack.url + "/readyz", timeout=10)
+        pids.setdefault(upstream_kind(r), set()).add(r.json()["pid"])
+    assert pids.get("unix") and pids.get("tcp") and pids["unix"].isdisjoint(pids["tcp"])
+
+
+def test_failover_loses_no_request_and_the_upstream_comes_back(stack):
+    run_dir = stack.run_dir
+    master = int((run_dir / "uwsgi2.pid").read_text())
+    victims = [master, *descendants(master)]
+    with LoadRun(lambda: segment(stack).status_code, count=240, at_once=6, max_seconds=150) as load:
+        wait_for(lambda: load.done() >= 40, timeout=60, what="the load to start")
+        for pid in victims:  # the TCP upstream dies hard, mid-load, like a crashed machine
+            os.kill(pid, signal.SIGKILL)
+    assert len(load.outcomes) == 240, f"only {len(load.outcomes)} of 240 requests finished in time"
+    failed = collections.Counter(o for o in load.outcomes if o != 200)
+    assert not failed, f"{sum(failed.values())} requests failed while an upstream died: {dict(failed)}. " \
+        "Is `uwsgi_next_upstream error timeout non_idempotent;` set?"
+
+    # Bring it back, the way run.sh started it; nginx tries it again after fail_timeout.
+    again = started("uwsgi2-again", ["uwsgi", "--ini", "inference2.ini"], run_dir=run_dir,
+                    env=stack.env, cwd=stack.lesson_dir)
+    try:
+        wait_for(lambda: upstream_kind(segment(stack)) == "tcp", timeout=60, interval=0.5,
+                 what="the restarted TCP upstream to take traffic again (fail_timeout=10s)")
+    finally:
+        stop(again)
+
+
+def test_least_conn_variant_is_valid(stack, tmp_path):
+    # The lesson tells you to try least_conn: make sure uncommenting it gives a valid config.
+    prefix = stack.run_dir / "nginx"
+    site = (prefix / "conf.d" / "upstream.conf").read_text()
+    assert "# least_conn;" in site
+    (prefix / "conf.d" / "upstream.conf").write_text(site.replace("# least_conn;", "least_conn;"))
+    try:
+        result = nginx.test_config(prefix / "nginx.conf")
+        assert result.returncode == 0, result.stderr
+    finally:
+        (prefix / "conf.d" / "upstream.conf").write_text(site)
