@@ -45,7 +45,7 @@ if [ ! -x .venv/bin/python ]; then
     say "creating the virtualenv .venv"
     python3 -m venv .venv
 fi
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-service.txt | sha256sum | cut -d' ' -f1)
 have=$(cat .venv/.requirements.sha256 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
     say "installing requirements.txt into .venv (torch is large: a few minutes the first time)"

@@ -12,6 +12,7 @@ import time
 
 import torch
 from flask import Flask, Response, jsonify, request
+from PIL import Image
 from werkzeug.exceptions import HTTPException
 
 import segmentation
@@ -31,6 +32,27 @@ app.config["MAX_CONTENT_LENGTH"] = MAX_BYTES  # Flask answers 413 above this
 
 model = segmentation.load_model()  # once per process, at import time
 served = 0                          # requests this process has answered
+warmed_up = False                   # has this process run the model once?
+
+
+def warm_up():
+    """One small forward pass, so the first real request is not the slow one."""
+    global warmed_up
+    segmentation.predict(model, Image.new("RGB", (64, 64)))
+    warmed_up = True
+
+
+try:
+    import uwsgi  # only importable inside uWSGI
+except ImportError:
+    uwsgi = None
+if uwsgi is not None and uwsgi.worker_id() == 0:
+    # uWSGI's master imports us before it forks the workers (prefork).
+    # Warm up in each worker after the fork, never in the master: torch
+    # work in the master can leave state that hangs forked workers.
+    uwsgi.post_fork_hook = warm_up
+else:
+    warm_up()  # Flask's server, or a uWSGI worker that imported us itself (lazy-apps)
 
 
 @app.post("/infer")
@@ -79,6 +101,8 @@ def healthz():
 def readyz():
     # Ready once this process holds its model; the counters let you check
     # that the model was built once (model_builds) however many requests came.
+    if not warmed_up:
+        return jsonify(status="warming up", pid=os.getpid()), 503
     return jsonify(status="ready", pid=os.getpid(), weights=model.weights,
                    torch_threads=torch.get_num_threads(),
                    model_builds=segmentation.builds, requests_served=served)
