@@ -6,7 +6,7 @@ import sys
 import pytest
 import requests
 
-from workshop.harness import lesson_server
+from workshop.harness import lesson_server, server_error
 
 LESSON = "01_echo"
 
@@ -19,7 +19,8 @@ def echo(lessons):
 
 def test_echo_adds_bye(echo):
     r = requests.post(echo.url + "/infer", data=b"Hi there!", timeout=10)
-    assert r.status_code == 200, f"POST /infer answered {r.status_code}: is the route declared for POST?"
+    assert r.status_code == 200, \
+        f"POST /infer answered {r.status_code}: {server_error(echo, r) or 'is the route declared for POST?'}"
     assert r.text == "Hi there! Bye!", \
         f"expected 'Hi there! Bye!', got {r.text!r}: return the body, a space, then 'Bye!'"
 
@@ -27,14 +28,15 @@ def test_echo_adds_bye(echo):
 def test_client_prints_the_answer(echo, lessons):
     out = subprocess.run([sys.executable, "client.py", "--url", echo.url + "/infer"],
                          cwd=lessons / LESSON, capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, f"client.py failed:\n{out.stderr}"
+    assert out.returncode == 0, f"client.py failed: {server_error(echo) or 'its error is below'}\n{out.stderr}"
     assert out.stdout.strip() == "Hi there! Bye!", f"client.py printed {out.stdout!r}"
 
 
 def test_non_utf8_body_is_a_400_with_json(echo):
     r = requests.post(echo.url + "/infer", data=b"\xff\xfe\xfa", timeout=10)
     assert r.status_code == 400, \
-        f"a body that is not UTF-8 got {r.status_code}: catch UnicodeDecodeError and answer 400"
+        f"a body that is not UTF-8 got {r.status_code}: catch UnicodeDecodeError and answer 400" + \
+        (f"; {server_error(echo, r)}" if server_error(echo, r) else "")
     assert "error" in r.json(), "the 400 should be JSON with an 'error' field saying what was wrong"
     assert requests.post(echo.url + "/infer", data=b"still there?", timeout=10).ok, \
         "the server stopped answering after a bad request"

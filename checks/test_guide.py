@@ -72,6 +72,24 @@ def test_guide_builds_with_every_page(site):
         "mermaid.min.js missing from the site: the diagrams would need a CDN"
 
 
+# ------------------------------------------------ exercise markers stay out
+
+def test_no_exercise_markers_in_the_guide(site):
+    """The lesson files the guide shows are the solutions, without exercise markers;
+    each lesson's page lists its exercises instead (scripts/docs/hooks.py)."""
+    marker = re.compile(r"(?:EXERCISE \d\d\.\d+:|END EXERCISE|STUB:)")
+    leaked = []
+    for page in sorted(site.rglob("*")):
+        if page.suffix in (".html", ".json", ".xml") and "assets" not in page.relative_to(site).parts:
+            text = unescape(re.sub(r"<[^>]+>", "", page.read_text(errors="replace")))
+            leaked += [f"{page.relative_to(site)}: ...{m.group(0)}..." for m in marker.finditer(text)]
+    assert not leaked, "exercise markers leaked into the guide:\n" + "\n".join(leaked[:10])
+    for lesson_page in sorted((site / "lessons").glob("0[1-5]-*/index.html")):
+        number = lesson_page.parent.name[:2]
+        assert f"<strong>{number}.1</strong>" in lesson_page.read_text(), \
+            f"{lesson_page.relative_to(site)} does not list its exercises ({number}.1, ...)"
+
+
 # ---------------------------------------------------- nothing off the machine
 
 REF = re.compile(r"""<(script|link|img|iframe|source|audio|video)\b[^>]*?\b(src|href|srcset)\s*=\s*["']([^"']+)["']""", re.I)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import requests
 
-from .procs import Server, ServerDidNotStart, free_port
+from .procs import Server, ServerDidNotStart, free_port, last_error
 
 # Servers alive right now, and those stopped during the current test: the
 # checks print their logs when a test fails.
@@ -83,7 +83,7 @@ def lesson_server(root: Path, lesson: str, args: list[str] | None = None,
         server.start()
         if "wait_ready" in script.read_text():
             # The lesson's own notion of ready: every server up, signal handlers set.
-            server.wait_log("[run] ready:", timeout=timeout)
+            server.wait_log("[run] ready:", timeout=timeout, probe=ready or "")
         if ready:
             server.wait_http(ready, timeout=timeout)
         yield server
@@ -109,6 +109,14 @@ def stop(server: Server) -> None:
     if server in RUNNING:
         RUNNING.remove(server)
         STOPPED.append((server.name, server.log(40)))
+
+
+def server_error(server: Server, resp: requests.Response | None = None) -> str:
+    """After a 5xx (or a failed client): the error the server's log names, as a sentence, or ''."""
+    if resp is not None and resp.status_code < 500:
+        return ""
+    error = last_error(server.log(200))
+    return f"the server failed with {error} (its log is below)" if error else ""
 
 
 def concurrently(fn, times: int, at_once: int) -> list:

@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .exercises import strip_markers
+
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 UWSGI_PARAMS = Path("/etc/nginx/uwsgi_params")
 
@@ -52,7 +54,12 @@ http {{
 
 
 def render(template: str, values: dict[str, str]) -> str:
-    """Fill ${NAME} placeholders; a missing value is an error, not an empty string."""
+    """Fill ${NAME} placeholders; a missing value is an error, not an empty string.
+
+    Exercise markers (workshop/exercises.py) are dropped: they are for the
+    learner's workspace, not for a running nginx or a production file.
+    """
+    template = strip_markers(template)
     missing = sorted({m for m in PLACEHOLDER.findall(template) if m not in values})
     if missing:
         raise KeyError(f"no value for {', '.join(missing)} in the nginx template")
