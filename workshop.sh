@@ -7,6 +7,12 @@
 #   ./workshop.sh check LESSON  one lesson's checks, e.g. ./workshop.sh check 03
 #   ./workshop.sh docs          the guide at http://127.0.0.1:8000 (mkdocs serve)
 #   ./workshop.sh setup         only the setup
+#   ./workshop.sh check-docker  lesson 06 with real containers (Docker, else podman; slow the first time)
+#
+# Exercise mode (the checks then test your workspace/; lessons/ holds the solutions):
+#   ./workshop.sh workspace     copy the lessons to workspace/, the parts to write as TODOs
+#   ./workshop.sh hint [LESSON] the hints of the lesson to work on (or of LESSON)
+#   ./workshop.sh reset LESSON  start one lesson of workspace/ again (the old one is kept)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")" && pwd)
 cd "$ROOT"
@@ -27,5 +33,13 @@ case "$cmd" in
     "$PY" -m pytest checks/
     ;;
   docs)  bash scripts/setup.sh && exec "$PY" -m mkdocs serve "$@" ;;
-  *) sed -n '2,10p' "$0"; [ "$cmd" = help ] || exit 2 ;;
+  check-docker)
+    bash scripts/setup.sh
+    exec tools/podman/with-engine.sh "$PY" -m pytest checks/test_06_docker.py "$@"
+    ;;
+  # Standard library only: they work before the setup, with any python3.
+  workspace|hint|reset)
+    [ -x "$PY" ] || PY=python3
+    exec "$PY" -m workshop.exercises "$cmd" "$@" ;;
+  *) sed -n '2,15p' "$0"; [ "$cmd" = help ] || exit 2 ;;
 esac

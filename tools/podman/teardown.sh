@@ -50,6 +50,22 @@ if [ "$CONTAINERS" = 1 ] && command -v podman >/dev/null; then
     fi
 fi
 
+# A health check that races with `compose down` can leave the exec session's
+# conmon sleeping for its 300 s --exit-delay after the container is gone; end
+# those (only conmons of exec sessions whose container no longer exists).
+if command -v podman >/dev/null; then
+    ended=0
+    for pid in $(pgrep -x conmon || true); do
+        cmd=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null) || continue
+        case "$cmd" in *" --exec-attach "*) ;; *) continue ;; esac
+        cid=$(sed -n 's/.* -c \([0-9a-f]\{64\}\) .*/\1/p' <<<"$cmd")
+        if [ -n "$cid" ] && ! podman container exists "$cid" && kill "$pid" 2>/dev/null; then
+            ended=$((ended + 1))
+        fi
+    done
+    [ "$ended" = 0 ] || echo "ended $ended stale exec-session conmon process(es)"
+fi
+
 stop_pid "health-check runner" "$STATE/ticker.pid" "healthcheck-ticker.py $SOCK"
 stop_pid "podman system service" "$STATE/service.pid" "system service .*unix://$SOCK"
 rm -f "$SOCK"

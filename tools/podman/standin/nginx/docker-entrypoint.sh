@@ -25,6 +25,7 @@ if [ "$1" = "nginx" ] || [ "$1" = "nginx-debug" ]; then
                 *.envsh)
                     if [ -x "$f" ]; then
                         entrypoint_log "$0: Sourcing $f"
+                        # shellcheck source=/dev/null
                         . "$f"
                     else
                         entrypoint_log "$0: Ignoring $f, not executable"
