@@ -7,6 +7,7 @@
 #   ./workshop.sh check LESSON  one lesson's checks, e.g. ./workshop.sh check 03
 #   ./workshop.sh docs          the guide at http://127.0.0.1:8000 (mkdocs serve)
 #   ./workshop.sh setup         only the setup
+#   ./workshop.sh bench [--quick]  what each stage costs (~8 min; --quick ~1 min) -> bench/results/
 #   ./workshop.sh check-docker  lesson 06 with real containers (Docker, else podman; slow the first time)
 #
 # Exercise mode (the checks then test your workspace/; lessons/ holds the solutions):
@@ -33,6 +34,7 @@ case "$cmd" in
     "$PY" -m pytest checks/
     ;;
   docs)  bash scripts/setup.sh && exec "$PY" -m mkdocs serve "$@" ;;
+  bench) bash scripts/setup.sh && exec "$PY" -m bench "$@" ;;
   check-docker)
     bash scripts/setup.sh
     exec tools/podman/with-engine.sh "$PY" -m pytest checks/test_06_docker.py "$@"
@@ -41,5 +43,5 @@ case "$cmd" in
   workspace|hint|reset)
     [ -x "$PY" ] || PY=python3
     exec "$PY" -m workshop.exercises "$cmd" "$@" ;;
-  *) sed -n '2,15p' "$0"; [ "$cmd" = help ] || exit 2 ;;
+  *) sed -n '2,16p' "$0"; [ "$cmd" = help ] || exit 2 ;;
 esac

@@ -12,6 +12,7 @@ say() { echo "[setup] $*"; }
 need=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v curl  >/dev/null || need+=(curl)
+command -v wrk   >/dev/null || need+=(wrk)        # the benchmark's load generator
 command -v ss    >/dev/null || need+=(iproute2)      # "who uses this port?" in the checks' hints
 command -v setsid >/dev/null || need+=(util-linux)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)

@@ -48,9 +48,7 @@ MERMAID = ROOT / "docs/assets/vendor/mermaid.min.js"
 # Included by the guide, written by someone else, not in the repository yet:
 # path -> what the page says instead while the file is missing. Remove a line
 # once its file has landed (it is harmless then, but guards nothing).
-PENDING = {
-    "bench/results/results.md": "no benchmark results yet: run the benchmark (below), then build the guide again",
-}
+PENDING: dict[str, str] = {}   # every included file exists now
 
 # Files from outside docs/ that the site shows when they exist:
 # URL inside the site -> file in the repository. A page's image line pointing
@@ -62,7 +60,7 @@ PUBLISH = {
 # `./workshop.sh ...` commands the guide may show before they work: a
 # subcommand workshop.sh does not have yet, or `check NN` before
 # checks/test_NN_*.py exists (checks/test_guide.py reads this).
-PENDING_COMMANDS = {"bench"}
+PENDING_COMMANDS: set[str] = set()
 
 SNIPPET = re.compile(r'^(?P<indent>[ \t]*)(?P<marker>-{1,}8<-{1,}[ \t]+)(?P<q>["\'])(?P<path>[^"\']+)(?P=q)'
                      r'(?:[ \t]+from[ \t]+"(?P<start>[^"]+)"[ \t]+to[ \t]+"(?P<end>[^"]+)")?[ \t]*$')

@@ -1,0 +1,1 @@
+"""The workshop's benchmark: `python -m bench` (see bench/run.py)."""
