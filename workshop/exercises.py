@@ -151,6 +151,15 @@ def _files(folder: Path):
 
 # ------------------------------------------------------------ lessons
 
+def _lesson_files(root: Path, lesson: str | None):
+    """(path, text) of every file of every lesson under root (or of one lesson)."""
+    for name in ([lesson] if lesson else LESSONS):
+        folder = Path(root) / name
+        if folder.is_dir():
+            for path in _files(folder):
+                yield path, _text(path)
+
+
 def exercises(root: Path = REFERENCE, lesson: str | None = None) -> list[Exercise]:
     """Every marked exercise in the reference lessons (or one lesson), in id order.
 
@@ -158,34 +167,23 @@ def exercises(root: Path = REFERENCE, lesson: str | None = None) -> list[Exercis
     declared in one place and mounted in two): it is listed once, as its first block.
     """
     found: dict[str, Exercise] = {}
-    for name in ([lesson] if lesson else LESSONS):
-        folder = Path(root) / name
-        if not folder.is_dir():
-            continue
-        for path in _files(folder):
-            text = _text(path)
-            if text and ANY_MARKER.search(text):
-                rel = path.relative_to(root).as_posix()
-                for ex, *_ in parse(text, rel):
-                    found.setdefault(ex.id, ex)
+    for path, text in _lesson_files(root, lesson):
+        if text and ANY_MARKER.search(text):
+            for ex, *_ in parse(text, path.relative_to(root).as_posix()):
+                found.setdefault(ex.id, ex)
     return sorted(found.values(), key=lambda ex: [int(p) for p in ex.id.split(".")])
 
 
 def todos(root: Path, lesson: str | None = None) -> list[Exercise]:
     """The TODO lines left in a workspace (or one of its lessons), in id order."""
     found, seen = [], set()
-    for name in ([lesson] if lesson else LESSONS):
-        folder = Path(root) / name
-        if not folder.is_dir():
+    for path, text in _lesson_files(root, lesson):
+        if not text or "TODO" not in text:
             continue
-        for path in _files(folder):
-            text = _text(path)
-            if not text or "TODO" not in text:
-                continue
-            for i, line in enumerate(text.splitlines()):
-                if (m := TODO.match(line)) and m["id"] not in seen:
-                    seen.add(m["id"])
-                    found.append(Exercise(m["id"], m["title"], m["hint"] or "", path.relative_to(root).as_posix(), i + 1))
+        for i, line in enumerate(text.splitlines()):
+            if (m := TODO.match(line)) and m["id"] not in seen:
+                seen.add(m["id"])
+                found.append(Exercise(m["id"], m["title"], m["hint"] or "", path.relative_to(root).as_posix(), i + 1))
     return sorted(found, key=lambda ex: [int(p) for p in ex.id.split(".")])
 
 
