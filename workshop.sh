@@ -3,7 +3,7 @@
 # (apt packages, the .venv virtualenv, pinned requirements); a second run is quick.
 #
 #   ./workshop.sh demo          the full stack segments a sample photo (writes out/demo-overlay.png)
-#   ./workshop.sh check         every lesson's checks + the guide's build
+#   ./workshop.sh check         the guide's strict build + every check (lessons, guide, bench, exercises)
 #   ./workshop.sh check LESSON  one lesson's checks, e.g. ./workshop.sh check 03
 #   ./workshop.sh docs          the guide at http://127.0.0.1:8000 (mkdocs serve)
 #   ./workshop.sh setup         only the setup
