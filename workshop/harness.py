@@ -64,6 +64,10 @@ def lesson_server(root: Path, lesson: str, args: list[str] | None = None,
     script = Path(root) / lesson / "run.sh"
     if not script.exists():
         raise ServerDidNotStart(f"{script} does not exist: this lesson has no start command yet.")
+    commands = script.read_text()
+    if "nginx" in commands and not shutil.which("nginx", path=base_env()["PATH"]):
+        raise ServerDidNotStart("nginx is not installed: run ./workshop.sh setup "
+                                "(it installs nginx with apt-get).")
     own_dir = run_dir is None
     run_dir = run_dir or make_run_dir()
     port = free_port()
@@ -74,23 +78,17 @@ def lesson_server(root: Path, lesson: str, args: list[str] | None = None,
                     env=full_env, url=f"http://127.0.0.1:{port}")
     server.run_dir = run_dir
     server.lesson_dir = script.parent
-    server.env = full_env
-    if "nginx" in script.read_text() and not shutil.which("nginx", path=full_env["PATH"]):
-        raise ServerDidNotStart("nginx is not installed: run ./workshop.sh setup "
-                                "(it installs nginx with apt-get).")
     RUNNING.append(server)
     try:
         server.start()
-        if "wait_ready" in script.read_text():
+        if "wait_ready" in commands:
             # The lesson's own notion of ready: every server up, signal handlers set.
             server.wait_log("[run] ready:", timeout=timeout, probe=ready or "")
         if ready:
             server.wait_http(ready, timeout=timeout)
         yield server
     finally:
-        server.stop()
-        RUNNING.remove(server)
-        STOPPED.append((server.name, server.log(40)))
+        stop(server)
         if own_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
 

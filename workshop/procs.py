@@ -1,9 +1,10 @@
 """Start, watch and stop the workshop's servers as real subprocesses.
 
 Every server (Flask, uWSGI, nginx, a lesson's run.sh) is started in a new
-session, so it and every child it forks share one process group. Stopping
-signals the whole group: nothing is left behind even if the server forked
-workers, a master, or a helper of its own.
+session. Stopping sends one SIGTERM to the process we started (it stops its
+own children, in order), then SIGKILLs whatever is left of its process tree:
+nothing stays behind even if the server forked workers, a master, or a
+helper of its own.
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ class Server:
     def _not_started(self, what: str) -> ServerDidNotStart:
         log = self.log()
         error = last_error(tail(self.log_path, 400))
+        if "Address already in use" in log and self.url:
+            port = int(self.url.rsplit(":", 1)[1])
+            what += f" (port {port} is in use by: {port_owner(port)})"
         return ServerDidNotStart(f"{self.name} {what}{': ' + error if error else ''}"
                                  f"\n--- last lines of its log ---\n{log}")
 
