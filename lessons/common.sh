@@ -15,7 +15,7 @@ export WORKSHOP_ROOT
 if [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$WORKSHOP_ROOT/.venv/bin/python" ]; then
     export VIRTUAL_ENV="$WORKSHOP_ROOT/.venv" PATH="$WORKSHOP_ROOT/.venv/bin:$PATH"
 fi
-command -v python >/dev/null || { echo "No python: run 'make setup' in $WORKSHOP_ROOT first." >&2; exit 1; }
+command -v python >/dev/null || { echo "No python: run './workshop.sh setup' in $WORKSHOP_ROOT first." >&2; exit 1; }
 export PYTHONPATH="$WORKSHOP_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1   # logs appear as they happen, not when a buffer fills
 

@@ -114,7 +114,7 @@ def test_config(main_conf: Path, prefix: Path | None = None) -> subprocess.Compl
 
 def _main(argv: list[str]) -> int:
     if not shutil.which("nginx"):
-        print("nginx is not installed: run `make setup` (it uses apt-get).", file=sys.stderr)
+        print("nginx is not installed: run ./workshop.sh setup (it installs nginx with apt-get).", file=sys.stderr)
         return 1
     if argv[:1] == ["local"] and len(argv) >= 3:
         templates = [Path(a) for a in argv[2:] if "=" not in a]
