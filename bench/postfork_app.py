@@ -1,4 +1,4 @@
-"""Benchmark-only variant of lesson 02's app for the torch/fork test (issue 4).
+"""Benchmark-only variant of lesson 02's app for the torch and fork test (lesson 03).
 
 The master imports the app with ONE torch thread (SEG_TORCH_THREADS=1, so no
 thread pool exists when uWSGI forks); each worker then raises its own count

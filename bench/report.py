@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -35,6 +36,13 @@ def _mem(r, key="rss_mb_per_worker"):
 def _other(r):
     cpu = r.get("cpu") or {}
     return _f(cpu.get("other_pct"), 0)
+
+
+def _target(text: str) -> str:
+    """A target as a sentence: "lesson 05 stack >= 0.9 x the limit" -> "lesson 05's stack ≥ 0.9× the limit"."""
+    text = re.sub(r"^lesson (\d\d) stack\b", r"lesson \1's stack reaches", text)
+    text = text.replace(">=", "≥").replace("<=", "≤")
+    return re.sub(r"(\d) ?x\b", r"\1×", text)
 
 
 def _rows(stage):
@@ -144,13 +152,15 @@ def markdown(res: dict) -> str:
 
     tg = res.get("targets", [])
     if tg:
-        w("## Targets (issue 7)")
+        w("## The workshop's targets")
+        w("")
+        w("What the workshop's stack should reach on this machine, and what it did in this run.")
         w("")
         w("| target | measured | met? |")
         w("|---|---|---|")
         for t in tg:
             met = {True: "yes", False: "**no**", None: "shown"}[t["met"]]
-            w(f"| {t['target']} | {t['value']} | {met} |")
+            w(f"| {_target(t['target'])} | {_target(t['value'])} | {met} |")
         w("")
 
     sweep = _rows(st.get("lesson03_sweep"))
@@ -175,7 +185,7 @@ def markdown(res: dict) -> str:
 
     fork = _rows(st.get("lesson03_fork"))
     if fork:
-        w("## Lesson 03: torch and fork (issue 4)")
+        w("## Lesson 03: torch and fork")
         w("")
         w(f"`lessons/03_uwsgi/run.sh --processes {fork[0]['workers']}` (+ `--lazy-apps`, or + "
           "`--wsgi-file bench/postfork_app.py`), `SEG_WEIGHTS` and `SEG_TORCH_THREADS` as in the table. "

@@ -1,4 +1,4 @@
-"""The benchmark (bench/, issue 7) runs end to end in quick mode and writes its files.
+"""The benchmark (bench/, ./workshop.sh bench) runs end to end in quick mode and writes its files.
 
 A smoke check only: it never asserts a speed, only that every stage ran
 without an error and that results.json, results.md and chart.png exist.
