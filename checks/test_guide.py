@@ -33,7 +33,7 @@ DOCS = ROOT / "docs"
 SCREENSHOTS = {"home.png": "", "lesson-04-nginx.png": "lessons/04-nginx/"}
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
-# The guide's mkdocs hooks: which included files and commands are still PENDING.
+# The guide's mkdocs hooks.
 _spec = importlib.util.spec_from_file_location("guide_hooks", ROOT / "scripts/docs/hooks.py")
 hooks = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(hooks)
@@ -289,17 +289,15 @@ def test_docs_name_only_things_that_exist():
         where = source.relative_to(ROOT)
         for chunk in instructions(source.read_text()):
             for sub, lesson in WORKSHOP.findall(chunk):
-                if sub and sub not in commands and sub not in hooks.PENDING_COMMANDS:
+                if sub and sub not in commands:
                     stale.append(f"{where}: ./workshop.sh {sub} (workshop.sh has: {', '.join(sorted(commands))})")
-                if sub == "check" and lesson and not list((ROOT / "checks").glob(f"test_{lesson}*.py")) \
-                        and f"check {lesson}" not in hooks.PENDING_COMMANDS:
+                if sub == "check" and lesson and not list((ROOT / "checks").glob(f"test_{lesson}*.py")):
                     stale.append(f"{where}: ./workshop.sh check {lesson} (no checks/test_{lesson}_*.py)")
             for path in REPO_PATH.findall(chunk):
                 path = path.rstrip(".,:;")
                 if "*" in path or "<" in path:
                     continue
-                if not (ROOT / path).exists() and path not in hooks.PENDING and \
-                        not any(p.startswith(path) for p in hooks.PENDING):
+                if not (ROOT / path).exists():
                     stale.append(f"{where}: {path} does not exist")
             for tool in VENV_TOOL.findall(chunk):
                 if (ROOT / ".venv/bin").is_dir() and not (ROOT / ".venv/bin" / tool).exists():
