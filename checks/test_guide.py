@@ -1,5 +1,10 @@
 """The guide: it builds strictly, every page works in a real browser with no
-internet, and it never tells a learner to run something that does not exist.
+internet, and the words a learner reads are true: no command or file that
+does not exist (in the docs, and in what the scripts, the harness and the
+lessons print), no word about how the workshop was built, no measured figure
+copied by hand (guide pages quote bench/results/results.json through
+{{ bench.... }} placeholders, see scripts/docs/hooks.py), one duration for
+the benchmark.
 
     .venv/bin/pytest checks/test_guide.py
 
@@ -11,6 +16,7 @@ skipped, saying so (and fail instead under CI, where setup installs it).
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -33,7 +39,7 @@ DOCS = ROOT / "docs"
 SCREENSHOTS = {"home.png": "", "lesson-04-nginx.png": "lessons/04-nginx/"}
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
-# The guide's mkdocs hooks.
+# The guide's mkdocs hooks: the placeholder syntax for benchmark figures, and its resolver.
 _spec = importlib.util.spec_from_file_location("guide_hooks", ROOT / "scripts/docs/hooks.py")
 hooks = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(hooks)
@@ -53,7 +59,7 @@ def site() -> Path:
 
 
 def pages(site: Path) -> list[str]:
-    """Every page's URL path, e.g. '' for the home page, 'lessons/01-echo/'."""
+    """Every page's URL path inside the site: '' for the home page, then each lesson's folder and so on."""
     found = []
     for html in sorted(site.rglob("index.html")):
         rel = html.parent.relative_to(site).as_posix()
@@ -259,10 +265,14 @@ def test_screenshots_for_a_human(site, chromium, served):
 
 FENCE = re.compile(r"^[ \t]*(```|~~~)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.S | re.M)
 INLINE = re.compile(r"`([^`\n]+)`")
-WORKSHOP = re.compile(r"\./workshop\.sh(?:[ \t]+([a-z][\w-]*))?(?:[ \t]+(\d\d))?")
-REPO_PATH = re.compile(r"(?<![\w./$-])((?:lessons|checks|scripts|workshop|bench)/[\w./-]*)")
+WORKSHOP = re.compile(r"\./workshop\.sh(?:[ \t]+([a-z][\w-]*))?(?:[ \t](?!-)([\w.]+))?")
+REPO_PATH = re.compile(r"(?<![\w./$-])((?:lessons|checks|scripts|workshop|bench|tools)/[\w./{}$*<>-]*)")
 VENV_TOOL = re.compile(r"(?<![\w/-])\.venv/bin/([\w.-]+)")
 PY_MODULE = re.compile(r"\bpython3?\s+-m\s+([\w.]+)")
+# `make X` as a command ("run `make setup`"), not the verb ("make sure").
+MAKE = re.compile(r"(?:[`'\"]|\brun\s+|\btry\s+)make\s+([\w-]+)")
+# What stands for a name in a path segment: {lesson}, $LESSON, ${X}, <file>, *, NN.
+PATH_PLACEHOLDER = re.compile(r"[{}$<>*]|\bNN(?=\b|_)")
 
 
 def instructions(text: str) -> list[str]:
@@ -281,38 +291,348 @@ def workshop_commands() -> set[str]:
     return {name for arm in arms for name in arm.split("|")}
 
 
+def make_targets() -> set[str]:
+    makefile = ROOT / "Makefile"
+    return set(re.findall(r"^([\w-]+):", makefile.read_text(), re.M)) if makefile.exists() else set()
+
+
+def lesson_has_checks(arg: str) -> bool:
+    """`./workshop.sh check ARG` runs something: ARG names a lesson (3, 03, uwsgi) that has checks."""
+    from workshop.lessons import lesson_name
+    try:
+        name = lesson_name(arg)
+    except KeyError:
+        return False
+    return bool(list((ROOT / "checks").glob(f"test_{name[:2]}_*.py")))
+
+
+def path_exists(path: str) -> bool:
+    """A repository path exists; a segment with a placeholder in it matches any name."""
+    pattern = "/".join("*" if PATH_PLACEHOLDER.search(seg) else seg for seg in path.split("/"))
+    return any(ROOT.glob(pattern)) if "*" in pattern else (ROOT / pattern).exists()
+
+
+def module_exists(module: str) -> bool:
+    """`python -m module` finds it: the workshop's own (bench.report) as a file here, others installed."""
+    top = module.split(".")[0]
+    if (ROOT / top).is_dir():
+        local = ROOT / Path(*module.split("."))
+        return local.with_suffix(".py").exists() or (local / "__init__.py").exists()
+    return importlib.util.find_spec(top) is not None
+
+
+def stale_things(text: str) -> list[tuple[int, str]]:
+    """(offset, what is wrong) for each command or path in text that does not exist."""
+    commands, stale = workshop_commands(), []
+    for m in WORKSHOP.finditer(text):
+        sub, arg = m.groups()
+        if sub and sub not in commands:
+            stale.append((m.start(), f"./workshop.sh {sub} (workshop.sh has: {', '.join(sorted(commands))})"))
+        elif sub == "check" and arg and not arg.isupper() and not lesson_has_checks(arg):
+            stale.append((m.start(), f"./workshop.sh check {arg} (no lesson {arg!r} with checks/test_NN_*.py)"))
+    for m in REPO_PATH.finditer(text):
+        path = m.group(1).rstrip(".,:;")
+        if re.match(r"[\"']\$", text[m.end():m.end() + 2]):
+            path += "*"  # checks/test_"$x"_*.py: shell quotes around a variable part
+        if not path_exists(path):
+            stale.append((m.start(), f"{path} does not exist"))
+    targets = make_targets()
+    for m in MAKE.finditer(text):
+        if m.group(1) not in targets:
+            stale.append((m.start(), f"make {m.group(1)} (" + ("the Makefile has no such target)" if targets
+                                                             else "there is no Makefile)")))
+    if (ROOT / ".venv/bin").is_dir():
+        for m in VENV_TOOL.finditer(text):
+            if not (ROOT / ".venv/bin" / m.group(1)).exists():
+                stale.append((m.start(), f".venv/bin/{m.group(1)} is not in the virtualenv"))
+    for m in PY_MODULE.finditer(text):
+        module = m.group(1).rstrip(".")
+        if not module_exists(module):
+            stale.append((m.start(), f"python -m {module}: no such module"))
+    return stale
+
+
 def test_docs_name_only_things_that_exist():
-    sources = sorted(DOCS.rglob("*.md")) + [ROOT / "README.md"]
-    commands = workshop_commands()
+    sources = sorted(DOCS.rglob("*.md")) + sorted(ROOT.glob("lessons/*/README.md")) + [ROOT / "README.md"]
     stale = []
     for source in sources:
         where = source.relative_to(ROOT)
         for chunk in instructions(source.read_text()):
-            for sub, lesson in WORKSHOP.findall(chunk):
-                if sub and sub not in commands:
-                    stale.append(f"{where}: ./workshop.sh {sub} (workshop.sh has: {', '.join(sorted(commands))})")
-                if sub == "check" and lesson and not list((ROOT / "checks").glob(f"test_{lesson}*.py")):
-                    stale.append(f"{where}: ./workshop.sh check {lesson} (no checks/test_{lesson}_*.py)")
-            for path in REPO_PATH.findall(chunk):
-                path = path.rstrip(".,:;")
-                if "*" in path or "<" in path:
-                    continue
-                if not (ROOT / path).exists():
-                    stale.append(f"{where}: {path} does not exist")
-            for tool in VENV_TOOL.findall(chunk):
-                if (ROOT / ".venv/bin").is_dir() and not (ROOT / ".venv/bin" / tool).exists():
-                    stale.append(f"{where}: .venv/bin/{tool} is not in the virtualenv")
-            for module in PY_MODULE.findall(chunk):
-                local = ROOT / Path(*module.split("."))
-                if not (local.with_suffix(".py").exists() or (local / "__init__.py").exists()
-                        or importlib.util.find_spec(module.split(".")[0])):
-                    stale.append(f"{where}: python -m {module}: no such module")
+            stale += [f"{where}: {problem}" for _, problem in stale_things(chunk)]
     assert not stale, "the docs tell learners to use things that do not exist:\n" + "\n".join(sorted(set(stale)))
 
 
-def test_the_stale_check_catches_stale_things(tmp_path):
+def test_the_stale_check_catches_stale_things():
     """The check above is only worth something if it fails on a stale line."""
-    chunk = instructions("Run `./workshop.sh frobnicate` then\n```bash\nlessons/07_magic/run.sh\n```\n")
-    assert any(sub == "frobnicate" for c in chunk for sub, _ in WORKSHOP.findall(c))
-    assert "frobnicate" not in workshop_commands()
-    assert any(not (ROOT / p).exists() for c in chunk for p in REPO_PATH.findall(c))
+    page = "Run `./workshop.sh {sub}` then\n```bash\nlessons/{lesson}/run.sh\n./workshop.sh check {n}\n```\n"
+    sub, lesson, n = "frobnicate", "07_magic", "07"
+    found = [p for c in instructions(page.format(sub=sub, lesson=lesson, n=n)) for _, p in stale_things(c)]
+    assert any(p.startswith(f"./workshop.sh {sub} ") for p in found), found
+    assert f"lessons/{lesson}/run.sh does not exist" in found, found
+    assert any(p.startswith(f"./workshop.sh check {n} ") for p in found), found
+    assert not stale_things("./workshop.sh check 03 and lessons/03_uwsgi/run.sh, lessons/NN_x, checks/test_{n}_*.py")
+
+
+# --------------------------------------- no stale commands in messages either
+
+MESSAGE_FOLDERS = ["lessons", "workshop", "scripts", "checks", "bench", "tools"]
+
+
+def _python_messages(text: str):
+    """(line, source text) of what a Python file tells people: every string passed to a call
+    (print, an exception, pytest.fail...), raised or asserted, and every f-string."""
+    tree = ast.parse(text)
+    keep = []
+    for node in ast.walk(tree):
+        parts = []
+        if isinstance(node, ast.Call):
+            parts += node.args + [k.value for k in node.keywords]
+        elif isinstance(node, ast.Raise) and node.exc is not None:
+            parts.append(node.exc)
+        elif isinstance(node, ast.Assert) and node.msg is not None:
+            parts.append(node.msg)
+        elif isinstance(node, ast.JoinedStr):
+            parts.append(node)
+        for part in parts:
+            keep += [n for n in ast.walk(part) if isinstance(n, ast.JoinedStr)
+                     or (isinstance(n, ast.Constant) and isinstance(n.value, str))]
+    seen = set()
+    for node in keep:
+        if (node.lineno, node.col_offset) not in seen:
+            seen.add((node.lineno, node.col_offset))
+            yield node.lineno, ast.get_source_segment(text, node) or ""
+
+
+def messages(path: Path):
+    """(line, text) of what a script, the harness or a lesson says to whoever runs or reads it.
+
+    Python: the strings it passes, raises and asserts, and its f-strings (not
+    its docstrings and comments, whose prose reads like commands: "./workshop.sh
+    uses it"). Shell and .ini files: every line, comments included
+    (workshop.sh prints its comments as its help; an .ini's comments are what
+    a learner reads of it).
+    """
+    text = path.read_text()
+    if path.suffix == ".py":
+        yield from _python_messages(text)
+    else:
+        yield from enumerate(text.splitlines(), 1)
+
+
+def stale_messages(files) -> list[str]:
+    stale = []
+    for path in files:
+        for line, text in messages(path):
+            for offset, problem in stale_things(text):
+                where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+                stale.append(f"{where}:{line + text.count(chr(10), 0, offset)}: {problem}")
+    return stale
+
+
+def message_files() -> list[Path]:
+    files = [ROOT / "workshop.sh"]
+    for folder in MESSAGE_FOLDERS:
+        files += sorted(p for ext in ("sh", "py", "ini") for p in (ROOT / folder).rglob(f"*.{ext}")
+                        if "__pycache__" not in p.parts)
+    return files
+
+
+def test_messages_name_only_things_that_exist():
+    """What the scripts, the harness and the lessons print names commands and files that exist."""
+    stale = stale_messages(message_files())
+    assert not stale, ("these messages tell people to use things that do not exist "
+                       "(fix the message, or the thing it names):\n" + "\n".join(stale))
+
+
+def test_the_message_check_catches_stale_messages(tmp_path):
+    old = {"cmd": "make setup", "sub": "frobnicate", "file": "checks/test_07_magic.py",
+           "mod": "workshop.frob", "data": "checks/data.txt"}
+    script = tmp_path / "start.sh"
+    script.write_text("#!/bin/sh\n# ./workshop.sh check 03 runs the checks\n"
+                      "echo \"No python: run '{cmd}' first\" >&2\n".format(**old))
+    module = tmp_path / "tool.py"
+    module.write_text('"""The tool: see {data}."""\n\nimport sys\n\nname = "x"\n'
+                      'config = "{data}"  # {data}\n'
+                      'print(f"{{name}}: run ./workshop.sh {sub}, then pytest {file}")\n'
+                      'raise SystemExit("or: python -m {mod}")\n'.format(**old))
+    found = stale_messages([script, module])
+    assert any(f.startswith(f"{script}:3: {old['cmd']} ") for f in found), found
+    assert any(f.startswith(f"{module}:7: ./workshop.sh {old['sub']} ") for f in found), found
+    assert f"{module}:7: {old['file']} does not exist" in found, found
+    assert any(f.startswith(f"{module}:8: python -m {old['mod']}") for f in found), found
+    # The shell comment's check 03 is real; the data file is named in code, a docstring and a comment.
+    assert len(found) == 4, found
+
+
+# ------------------------------------- no words about how the workshop was built
+
+LEARNER_FACING = ["docs/**/*.md", "lessons/**/*", "README.md", "bench/README.md",
+                  "bench/results/results.md", "tools/**/README.md"]
+DEVELOPMENT = re.compile(
+    r"\bissues?\s*#?\d+|\b(?:PR|pull request)\s*#?\d+|\bsessions?\s*#?\d+"
+    r"|\b(?:this|that|the last|an earlier|a later|earlier|previous|next|later|another)"
+    r"\s+(?:work(?:ing)?\s+|coding\s+|dev\s+)?session\b", re.I)
+
+
+def development_wording(files) -> list[str]:
+    found = []
+    for path in files:
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        for m in DEVELOPMENT.finditer(text):
+            where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+            found.append(f"{where}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)!r}")
+    return found
+
+
+def test_learners_read_nothing_about_how_the_workshop_was_built():
+    files = sorted({p for pattern in LEARNER_FACING for p in ROOT.glob(pattern)
+                    if p.is_file() and "__pycache__" not in p.parts})
+    found = development_wording(files)
+    assert not found, ("words about the workshop's development (issues, work sessions) where learners "
+                       "read them: say what the thing is or does instead:\n" + "\n".join(found))
+
+
+def test_the_development_check_catches_such_words(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("## Targets (issue 7)\n\nAs decided in an earlier session, see PR #12.\n"
+                    "Each exec session keeps a conmon; uWSGI runs in its own session.\n")
+    found = development_wording([page])
+    assert [f.split(": ", 1)[1] for f in found] == ["'issue 7'", "'an earlier session'", "'PR #12'"], found
+
+
+# ------------------------------------------ numbers come from results.json
+
+# A figure that looks measured: images or requests per second, milliseconds,
+# bytes, or a ratio ("114×"; "4 × 2" is a layout, "256×256" a size).
+FIGURE = re.compile(r"(?<![\w.,])(?P<num>\d[\d,]*(?:\.\d+)?)(?:[ \t]?(?P<unit>images/s|img/s|requests/s|req/s"
+                    r"|/s\b|ms\b|[kKMG]i?B\b)|(?P<ratio>[×x])(?![\w×]))")
+# Figures that are settings or facts, not measurements: (figure, what its
+# paragraph must mention, why it may be written by hand).
+NOT_MEASURED = [
+    ("10 MB", r"client_max_body_size|SEG_MAX_BYTES|upload", "the workshop's upload limit, nginx's and the app's"),
+    ("1 MB", r"client_max_body_size|nginx's", "nginx's default client_max_body_size"),
+    ("4 KB", r"buffer", "uWSGI's default buffer-size"),
+    ("8 KB", r"buffer-size|headers", "the buffer-size workers.ini sets"),
+    ("6 GB", r"disk", "the free disk the virtualenv needs"),
+    ("13 MB", r"weights", "the size of torchvision's pretrained weights file"),
+    ("16 KB", r"\.dockerignore|Dockerfiles copy", "what .dockerignore lets into the build context"),
+    ("5.99 GB", r"image", "a container image's size (lesson 06, the podman stand-in)"),
+    ("1.2 GB", r"image|build", "a container image's size (lesson 06, the podman stand-in)"),
+    ("98 MB", r"nginx image", "a container image's size (lesson 06, the podman stand-in)"),
+]
+
+
+def figures_by_hand(text: str) -> list[tuple[int, str]]:
+    """(line, figure) for each benchmark-looking figure in a page that no placeholder fills in."""
+    text = hooks.PLACEHOLDER.sub("", text)
+    found, offset = [], 0
+    for block in re.split(r"(\n[ \t]*\n)", text):
+        lines = [l for l in block.splitlines() if "--8<--" not in l]
+        for m in FIGURE.finditer("\n".join(lines)):
+            figure = m.group(0).strip() if m["ratio"] else f"{m['num']} {m['unit']}".replace(" /s", "/s")
+            allowed = any(figure == f and re.search(ctx, block) for f, ctx, _ in NOT_MEASURED)
+            if not allowed:
+                found.append((text.count("\n", 0, offset + block.find(m.group(0))) + 1, figure))
+        offset += len(block)
+    return found
+
+
+def test_pages_quote_no_measured_figure_by_hand():
+    """Guide pages quote measured figures through {{ bench.... }} placeholders
+    (scripts/docs/hooks.py fills them in from bench/results/results.json);
+    READMEs, read without the build, point to the guide or results.md instead."""
+    pages = sorted(DOCS.rglob("*.md")) + sorted(ROOT.glob("lessons/*/README.md")) + [ROOT / "README.md"]
+    found = [f"{page.relative_to(ROOT)}:{line}: {figure}"
+             for page in pages for line, figure in figures_by_hand(page.read_text())]
+    # A README is read as it is (on GitHub, or included into a page after the figures are filled in).
+    found += [f"{page.relative_to(ROOT)}: {m.group(0)} (no docs build fills it in here)"
+              for page in pages if DOCS not in page.parents for m in hooks.PLACEHOLDER.finditer(page.read_text())]
+    assert not found, ("figures that look measured but are copied by hand: quote them from results.json "
+                       "with {{ bench.path.to.value }} (guide pages) or point to the guide (READMEs); a "
+                       "setting that is not a measurement goes into NOT_MEASURED with its reason:\n"
+                       + "\n".join(found))
+
+
+def test_the_figure_check_catches_a_copied_figure():
+    page = ("Two workers made 13.2 images/s and\n{{ bench.stages.limit.images_per_s }} images/s alone;\n"
+            "the PNG is 114× smaller, 4 × 2 is a layout and 256×256 a size.\n\n"
+            "`client_max_body_size 10m`: uploads up to 10 MB.\n\nThe workers hold 10 MB each.\n")
+    assert figures_by_hand(page) == [(1, "13.2 images/s"), (3, "114×"), (7, "10 MB")]
+
+
+def test_a_figure_results_json_lacks_fails_the_build_naming_page_and_key():
+    from mkdocs.exceptions import PluginError
+
+    results = hooks.bench_results()
+    assert hooks.resolve("bench.stages.lesson03_sweep[workers=2, torch_threads=1, mode=prefork].rps",
+                         results, "p.md") == f"{next(r['rps'] for r in results['stages']['lesson03_sweep'] if (r['workers'], r['torch_threads'], r['mode']) == (2, 1, 'prefork')):.1f}"
+    assert hooks.resolve("bench.stages.mask_formats.json_bytes | kB | .0f", results, "p.md") == \
+        f"{results['stages']['mask_formats']['json_bytes'] / 1000:.0f}"
+    with pytest.raises(PluginError, match=r"^page\.md: .*no 'lesson07' in bench\.stages"):
+        hooks.fill_in_figures("made {{ bench.stages.lesson07.rps }} images/s", "page.md")
+
+
+def test_results_md_is_what_report_py_makes_of_results_json():
+    """The Benchmarks page shows results.md: it must be rendered from the committed results.json."""
+    from bench import report
+
+    results = json.loads((ROOT / "bench/results/results.json").read_text())
+    assert (ROOT / "bench/results/results.md").read_text() == report.markdown(results), \
+        "bench/results/results.md is out of date: python -m bench.report bench/results"
+
+
+# ---------------------------------------- one duration for the full benchmark
+
+DURATION = re.compile(r"(?:about|~)\s*(?P<n>[\d.]+)\s*(?:min\b|minutes?)")
+SAYS_HOW_LONG = ["README.md", "workshop.sh", "bench/README.md", "bench/run.py", "docs/**/*.md"]
+
+
+def bench_durations(name: str, text: str) -> list[tuple[str, str, str]]:
+    """(where, "full" or "quick", minutes) for each "about N minutes" said of the benchmark.
+
+    A duration is the smoke run's when "quick" comes after the line's previous
+    duration (or `;`) and before it; `[--quick]`, the usage syntax, does not count.
+    """
+    found = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not re.search(r"\bbench\b", line):
+            continue
+        start = 0
+        for m in DURATION.finditer(line):
+            before = line[start:m.start()].rsplit(";", 1)[-1].replace("[--quick]", "")
+            found.append((f"{name}:{n}", "quick" if "quick" in before else "full", m["n"]))
+            start = m.end()
+    return found
+
+
+def test_one_duration_for_the_full_benchmark():
+    """Every place that says how long `./workshop.sh bench` takes says it the same way: the full
+    run what the committed run took (results.json's meta.duration_s), the smoke run what the
+    guide's Benchmarks page says."""
+    seconds = json.loads((ROOT / "bench/results/results.json").read_text())["meta"]["duration_s"]
+    full = f"{seconds / 60:.0f}"
+    said = []
+    for pattern in SAYS_HOW_LONG:
+        for path in sorted(ROOT.glob(pattern)):
+            name = path.relative_to(ROOT).as_posix()
+            text = path.read_text()
+            if name.startswith("docs/"):
+                text = hooks.fill_in_figures(text, name)
+            said += bench_durations(name, text)
+    quick = {minutes for where, kind, minutes in said if kind == "quick" and where.startswith("docs/")}
+    assert len(quick) == 1, f"the guide should say once how long --quick takes, it says: {quick or 'nothing'}"
+    wrong = [f"{where}: about {minutes} minutes" for where, kind, minutes in said
+             if minutes != (full if kind == "full" else next(iter(quick)))]
+    assert not wrong, (f"the committed full benchmark took {seconds:.0f} s, about {full} minutes (the guide "
+                       "quotes bench/results/results.json's meta.duration_s), and the guide gives --quick "
+                       f"about {next(iter(quick))} minutes; these say otherwise:\n" + "\n".join(wrong))
+
+
+def test_the_duration_check_tells_full_from_quick():
+    line = "./workshop.sh bench [--quick]  what each stage costs (~8 min; --quick ~1.5 min)"
+    assert bench_durations("x", line) == [("x:1", "full", "8"), ("x:1", "quick", "1.5")]
+    assert bench_durations("x", "python -m bench --quick    # smoke run, about 1.5 minutes") == \
+        [("x:1", "quick", "1.5")]
