@@ -37,7 +37,7 @@ case "$cmd" in
   bench) bash scripts/setup.sh && exec "$PY" -m bench "$@" ;;
   check-docker)
     bash scripts/setup.sh
-    exec tools/podman/with-engine.sh "$PY" -m pytest checks/test_06_docker.py "$@"
+    exec tools/podman/with-engine.sh "$PY" -m pytest checks/test_06_engine.py "$@"
     ;;
   # Standard library only: they work before the setup, with any python3.
   workspace|hint|reset)

@@ -11,7 +11,7 @@
 #   DOCKER_HOST etc.; the service is stopped again afterwards (teardown.sh),
 #   whatever CMD's outcome. Needs root, like setup.sh.
 #
-# Sets WORKSHOP_ENGINE=1 for CMD (checks/test_06_docker.py's engine check
+# Sets WORKSHOP_ENGINE=1 for CMD (checks/test_06_engine.py's engine check
 # runs only then). With podman, also WORKSHOP_IMAGE_ARGS (build arguments)
 # unless already set: FETCH_WEIGHTS=0 TORCH_INDEX_URL=, because builds here
 # reach PyPI and Debian only (no pretrained weights, no CPU wheel index).

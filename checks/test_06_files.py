@@ -1,0 +1,168 @@
+"""Lesson 06, the files: lint and the promises the Dockerfiles and the compose file make.
+
+Seconds, no container engine: hadolint on both Dockerfiles; Compose v2
+itself parses docker-compose.yaml (`docker-compose config`); the compose
+file's promises (no `version:`, only nginx publishes a port, ...), the
+Dockerfiles' (slim base, not root, the lessons' own files), and
+`.dockerignore` sending what the images copy and little else.
+The same files run on this machine in test_06_host_run.py, and in real
+containers in test_06_engine.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workshop import compose, dockerignore
+from workshop.dockerfiles import Image, copy_lines, instructions, stages
+from workshop.lessons import ROOT
+from workshop.procs import free_port
+from workshop.tools import tool
+
+SERVICES = {"nginx", "uwsgi-uds", "uwsgi-tcp"}
+
+
+@pytest.fixture(scope="module")
+def lesson(lessons) -> Path:
+    return compose.lesson_folder(lessons)
+
+
+@pytest.mark.parametrize("name", ["Dockerfile-python", "Dockerfile-nginx"])
+def test_hadolint_finds_nothing(lesson, name):
+    out = subprocess.run([tool("hadolint"), "--no-color", str(lesson / name)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"hadolint {name}:\n{out.stdout}{out.stderr}"
+
+
+def test_compose_v2_parses_the_file_without_warnings(lesson):
+    out = subprocess.run([tool("docker-compose"), "-f", str(lesson / compose.COMPOSE_FILE),
+                          "config", "--quiet"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and not out.stderr.strip(), \
+        f"docker-compose config says:\n{out.stderr}"
+
+
+def test_compose_file_keeps_its_promises(lesson):
+    # (the one key read from the YAML itself: Compose drops `version` from its model)
+    raw = yaml.safe_load((lesson / compose.COMPOSE_FILE).read_text())
+    assert "version" not in raw, "the Compose specification has no `version:` key: remove it"
+    config = compose.config(lesson / compose.COMPOSE_FILE)
+    services = config["services"]
+    assert set(services) == SERVICES
+    published = {name for name, s in services.items() if s.get("ports")}
+    assert published == {"nginx"}, f"only nginx may publish a port, not {published - {'nginx'}}"
+    for port in services["nginx"]["ports"]:
+        assert port.get("host_ip") == "127.0.0.1", \
+            "bind the published port to 127.0.0.1 (reachable from this machine only)"
+    for name in ("uwsgi-uds", "uwsgi-tcp"):
+        condition = services["nginx"].get("depends_on", {}).get(name, {}).get("condition")
+        assert condition == "service_healthy", \
+            f"nginx must wait until {name} is healthy (it resolves names once, at start)"
+    for name, service in services.items():
+        assert service.get("restart") in ("unless-stopped", "always", "on-failure"), \
+            f"{name} needs a restart policy"
+    mounts = {name: {v["target"]: v["source"] for v in s.get("volumes", [])}
+              for name, s in services.items()}
+    assert mounts["uwsgi-uds"].get("/socks") and \
+        mounts["uwsgi-uds"]["/socks"] == mounts["nginx"].get("/socks"), \
+        "uwsgi-uds and nginx share one named volume at /socks"
+    assert services["nginx"]["environment"]["TCP_UPSTREAM"].startswith("uwsgi-tcp:")
+
+
+def test_no_world_writable_socket_anywhere(lesson):
+    # (comments may say why not: only what the files do counts)
+    texts = {compose.COMPOSE_FILE: json.dumps(compose.config(lesson / compose.COMPOSE_FILE))}
+    texts.update({p.name: repr(instructions(p)) for p in lesson.glob("Dockerfile-*")})
+    for name, text in texts.items():
+        assert "666" not in text, f"{name}: share the socket through a group (mode 660), never 666"
+    ini = (ROOT / "lessons/05_multi_upstream/inference1.ini").read_text()
+    assert re.search(r"^chmod-socket\s*=\s*660\s*$", ini, re.M), "inference1.ini: chmod-socket = 660"
+
+
+def test_dockerfiles_keep_their_promises(lesson):
+    py = stages(lesson / "Dockerfile-python")
+    for stage in py:
+        base = stage[0][1].split()[0]
+        assert base.startswith("python:3.11-slim"), f"Dockerfile-python: FROM {base}: use python:3.11-slim-bookworm"
+    final = dict(reversed(py[-1]))  # first occurrence of each instruction
+    args = "\n".join(a for w, a in py[-1] if w == "ARG")
+    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in args, "CPU-only torch wheels by default"
+    assert "FETCH_WEIGHTS=1" in args, "the weights are fetched at build time unless FETCH_WEIGHTS=0"
+    user = [a for w, a in py[-1] if w == "USER"]
+    assert user and user[-1] not in ("root", "0", "0:0"), "the app must not run as root: add USER"
+    assert "HEALTHCHECK" in final and "CMD" in final
+    ngx = stages(lesson / "Dockerfile-nginx")
+    assert len(ngx) == 1 and re.fullmatch(r"nginx:1\.\d+(\.\d+)?", ngx[0][0][1]), \
+        "Dockerfile-nginx: FROM a pinned official nginx, e.g. nginx:1.27"
+    dests = {dest for _, dest in copy_lines(ngx[0])}
+    assert dests == {"/etc/nginx/templates/"}, \
+        "the templates go to /etc/nginx/templates/: the image renders them at start"
+
+
+def test_images_use_the_lessons_own_files(lesson):
+    config = compose.config(lesson / compose.COMPOSE_FILE)
+    context = Path(config["services"]["uwsgi-uds"]["build"]["context"])
+    assert context == ROOT, "the build context is the repository root"
+    app = Image(lesson / "Dockerfile-python", context)
+    sources = {p.relative_to(ROOT).as_posix() for p in app.files.values()}
+    for needed in ("lessons/02_segmentation/inference.py", "lessons/03_uwsgi/workers.ini",
+                   "lessons/05_multi_upstream/inference1.ini",
+                   "lessons/05_multi_upstream/inference2.ini"):
+        assert needed in sources, f"Dockerfile-python should COPY {needed}, the lesson's own file"
+    ngx = Image(lesson / "Dockerfile-nginx", context)
+    assert {p.name for p in ngx.files.values()} == {"inference.conf.template", "upstream.conf.template"}
+
+
+# Docker's .dockerignore rules, as moby's patternmatcher applies them (see workshop/dockerignore.py).
+DOCKER_RULES = [
+    (["*"], "a.py", True),
+    (["*"], "lessons/a.py", True),                         # through its folder `lessons`
+    (["*.py"], "lessons/a.py", False),                     # `*` stays within one element
+    (["**/*.py"], "lessons/02/a.py", True),
+    (["**/*.py"], "a.py", True),                           # `**/` spans zero elements too
+    (["**/__pycache__"], "lessons/06_docker/__pycache__/x.pyc", True),
+    (["lessons/**"], "lessons/02/deep/a.py", True),
+    (["a?.py"], "ab.py", True),
+    (["a?.py"], "a/.py", False),
+    (["*", "!lessons/06_docker/"], "lessons/06_docker/healthcheck.py", False),  # cleaned like a path
+    (["*", "!lessons/06_docker/"], "lessons/05/x.ini", True),
+    (["*", "!lessons/*.py", "lessons/b.py"], "lessons/b.py", True),              # the last match wins
+    (["*", "!lessons/*.py", "lessons/b.py"], "lessons/a.py", False),
+    (["/out"], "out/x.png", True),                         # a leading / is the context's root
+    (["./site"], "site/index.html", True),
+]
+
+
+def test_dockerignore_matcher_follows_dockers_rules():
+    wrong = [(patterns, path, expected) for patterns, path, expected in DOCKER_RULES
+             if dockerignore.excludes(patterns, path) != expected]
+    assert not wrong, f"workshop/dockerignore.py disagrees with Docker on (patterns, path, excluded): {wrong}"
+
+
+def test_dockerignore_sends_what_the_images_copy_and_little_else(lesson):
+    context = ROOT
+    patterns = dockerignore.read(context)
+    for name in ("Dockerfile-python", "Dockerfile-nginx"):
+        for stage in stages(lesson / name):
+            for sources, _ in copy_lines(stage):
+                for source in sources:
+                    assert not dockerignore.excludes(patterns, source), \
+                        f"{name} copies {source}, but .dockerignore keeps it out of the build context"
+    for big in (".venv/bin/python", ".git/HEAD", "site/index.html", "out/x.png",
+                "lessons/02_segmentation/__pycache__/voc.cpython-311.pyc"):
+        assert dockerignore.excludes(patterns, big), f".dockerignore should leave out {big}"
+    size = dockerignore.sent_size(context, patterns)
+    assert size < 1_000_000, f"the build context would be {size / 1e6:.1f} MB: tighten .dockerignore"
+
+
+def test_healthcheck_is_unhealthy_when_nothing_listens(lesson, tmp_path):
+    for target in (str(tmp_path / "none.sock"), f"127.0.0.1:{free_port()}"):
+        out = subprocess.run([sys.executable, str(lesson / "healthcheck.py"), target],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 1, f"healthcheck.py {target} should fail: {out.stdout}{out.stderr}"
