@@ -1,7 +1,7 @@
 """The workshop's benchmark: what each serving stage costs, measured side by side.
 
     python -m bench                 full run (about 7 minutes on 2 cores)
-    python -m bench --quick         smoke run (about 1 minute), same files
+    python -m bench --quick         smoke run (about 1.5 minutes), same files
     python -m bench --out DIR       write results.json, results.md, chart.png to DIR
 
 One run, one machine, loopback only. Every server is started with the
@@ -395,7 +395,7 @@ def raw_lesson(s: Settings, lesson: str, args: list[str], env: dict):
 
 
 def stage_fork(s: Settings, body: bytes, weights: Path) -> list[dict]:
-    """Issue 4: model loaded before fork (prefork) vs lazy-apps, with and without a
+    """The fork choice: model loaded before fork (prefork) vs lazy-apps, with and without a
     forward pass in the master, 1 and `cores` torch threads: does every worker
     answer, or does one hang in its first forward pass? And the PSS of each choice.
 

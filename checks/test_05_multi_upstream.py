@@ -3,32 +3,23 @@
 import collections
 import os
 import signal
-import subprocess
 
 import pytest
 import requests
 
-from workshop import images, nginx
+from workshop import nginx
 from workshop.harness import LoadRun, lesson_server, started, stop
 from workshop.procs import descendants, wait_for
 
+from checks.utils import segment, upstream_kind
+
 LESSON = "05_multi_upstream"
-PHOTO = images.encode(images.photo().resize((256, 256)), "JPEG")
 
 
 @pytest.fixture(scope="module")
 def stack(lessons):
     with lesson_server(lessons, LESSON) as server:
         yield server
-
-
-def segment(server):
-    return requests.post(server.url + "/infer", data=PHOTO, params={"format": "png"}, timeout=60)
-
-
-def upstream_kind(resp) -> str:
-    addr = resp.headers.get("X-Upstream", "")
-    return "unix" if addr.startswith("unix:") else "tcp" if addr else "none"
 
 
 def test_both_upstreams_answer(stack):

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from workshop import compose, hostrun
-from workshop.stack import SMALL, assert_mask, segment, upstream_kind
+from workshop import compose, hostrun, images
+
+from checks.utils import assert_mask_through_nginx, segment, upstream_kind
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +29,11 @@ def host_run(lessons):
 
 
 def test_host_run_segments_through_nginx(host_run):
-    assert_mask(segment(host_run.url))
+    assert_mask_through_nginx(segment(host_run.url, images.photo_bytes()))
 
 
 def test_host_run_round_robin_across_both_services(host_run):
-    counts = collections.Counter(upstream_kind(segment(host_run.url, SMALL)) for _ in range(20))
+    counts = collections.Counter(upstream_kind(segment(host_run.url)) for _ in range(20))
     assert counts == {"unix": 10, "tcp": 10}, \
         f"20 requests should alternate between the unix socket and uwsgi-tcp, got {dict(counts)}"
 

@@ -33,6 +33,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+from checks.utils import docs_hooks
+
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "site"
 DOCS = ROOT / "docs"
@@ -40,9 +42,7 @@ SCREENSHOTS = {"home.png": "", "lesson-04-nginx.png": "lessons/04-nginx/"}
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
 # The guide's mkdocs hooks: the placeholder syntax for benchmark figures, and its resolver.
-_spec = importlib.util.spec_from_file_location("guide_hooks", ROOT / "scripts/docs/hooks.py")
-hooks = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(hooks)
+hooks = docs_hooks()
 
 
 # ---------------------------------------------------------------- the build
@@ -516,6 +516,7 @@ NOT_MEASURED = [
     ("1 MB", r"client_max_body_size|nginx's", "nginx's default client_max_body_size"),
     ("4 KB", r"buffer", "uWSGI's default buffer-size"),
     ("8 KB", r"buffer-size|headers", "the buffer-size workers.ini sets"),
+    ("6 KB", r"headers|cookies", "the header size lesson 03's check sends"),
     ("6 GB", r"disk", "the free disk the virtualenv needs"),
     ("13 MB", r"weights", "the size of torchvision's pretrained weights file"),
     ("16 KB", r"\.dockerignore|Dockerfiles copy", "what .dockerignore lets into the build context"),

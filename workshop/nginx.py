@@ -8,9 +8,9 @@ syntax the official nginx Docker image fills in from the environment
   local       -> a prefix folder with its own nginx.conf, so nginx runs
                  without root on 127.0.0.1 (`nginx -p PREFIX -c nginx.conf`)
 
-Command line (used by the lessons' run.sh):
-  python -m workshop.nginx local PREFIX TEMPLATE... NAME=VALUE ...
-  python -m workshop.nginx production TEMPLATE VALUES_FILE OUT
+Command line (from the repository root, with the virtualenv's python):
+  python -m workshop.nginx local PREFIX TEMPLATE... NAME=VALUE ...   (the lessons' run.sh)
+  python -m workshop.nginx production LESSON_DIR                     (re-render production/)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .exercises import strip_markers
+from .markers import strip_markers
 
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 UWSGI_PARAMS = Path("/etc/nginx/uwsgi_params")
@@ -56,8 +56,8 @@ http {{
 def render(template: str, values: dict[str, str]) -> str:
     """Fill ${NAME} placeholders; a missing value is an error, not an empty string.
 
-    Exercise markers (workshop/exercises.py) are dropped: they are for the
-    learner's workspace, not for a running nginx or a production file.
+    Exercise markers and TODO lines (workshop/markers.py) are dropped: they
+    are for the learner's workspace, not for a running nginx or a production file.
     """
     template = strip_markers(template)
     missing = sorted({m for m in PLACEHOLDER.findall(template) if m not in values})
@@ -77,11 +77,28 @@ def read_values(path: Path) -> dict[str, str]:
     return values
 
 
+RERENDER = "python -m workshop.nginx production"
+
+
 def production(template: Path, values_file: Path) -> str:
     """The file for /etc/nginx/sites-available, with a do-not-edit header."""
     header = (f"# GENERATED from {template.name} with {values_file.name} "
-              f"(python -m workshop.nginx production ...).\n# Edit those, not this file.\n")
+              f"({RERENDER} <lesson folder>).\n# Edit those, not this file.\n")
     return header + render(template.read_text(), read_values(values_file))
+
+
+def production_files(lesson_dir: Path) -> dict[Path, str]:
+    """What a lesson's production/ folder must hold: {path: text}.
+
+    Every `NAME.conf.template` next to a `production.env` renders to
+    `production/NAME.conf` with those values (lesson 04 has one).
+    """
+    lesson_dir = Path(lesson_dir)
+    values = lesson_dir / "production.env"
+    if not values.exists():
+        return {}
+    return {lesson_dir / "production" / t.name.removesuffix(".template"): production(t, values)
+            for t in sorted(lesson_dir.glob("*.conf.template"))}
 
 
 def write_local(prefix: Path, templates: list[Path], values: dict[str, str]) -> Path:
@@ -121,9 +138,14 @@ def _main(argv: list[str]) -> int:
         values = dict(a.split("=", 1) for a in argv[2:] if "=" in a)
         print(write_local(Path(argv[1]), templates, values))
         return 0
-    if argv[:1] == ["production"] and len(argv) == 4:
-        Path(argv[3]).write_text(production(Path(argv[1]), Path(argv[2])))
-        print(argv[3])
+    if argv[:1] == ["production"] and len(argv) == 2:
+        files = production_files(Path(argv[1]))
+        if not files:
+            print(f"{argv[1]} has no production.env: nothing to render", file=sys.stderr)
+            return 1
+        for path, text in files.items():
+            path.write_text(text)
+            print(path)
         return 0
     print(__doc__, file=sys.stderr)
     return 2

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import requests
 
+from .markers import TODO_ID
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nobody listens on right now."""
@@ -54,9 +56,9 @@ class ServerDidNotStart(RuntimeError):
 # first, else nginx refusing its config or uWSGI refusing to start.
 _ERROR_LINES = [re.compile(r"^[\w.]+(?:Error|Exception|Exit)\b(?::.*)?$"),
                 re.compile(r"^(?:nginx: \[emerg\].*|.*no app loaded.*|The -s/--socket option is missing.*)$")]
-# An exercise left as a TODO in a learner's workspace (workshop/exercises.py):
+# An exercise left as a TODO in a learner's workspace (workshop/markers.py):
 # its stub raises NotImplementedError("TODO 02.1: ...") or answers "TODO 04.1: ...".
-_UNFINISHED = re.compile(r"NotImplementedError: TODO \d\d\.\d+")
+_UNFINISHED = re.compile(r"NotImplementedError: " + TODO_ID.pattern)
 
 
 def last_error(log: str) -> str:
@@ -102,19 +104,22 @@ class Server:
         return tail(self.log_path, lines)
 
     def _not_started(self, what: str) -> ServerDidNotStart:
-        log = self.log()
-        error = last_error(tail(self.log_path, 400))
-        if "Address already in use" in log and self.url:
+        lines = tail(self.log_path, 400).splitlines()
+        error = last_error("\n".join(lines))
+        if "Address already in use" in "\n".join(lines) and self.url:
             port = int(self.url.rsplit(":", 1)[1])
             what += f" (port {port} is in use by: {port_owner(port)})"
+        # The log up to the error (a traceback ends with it), else its end.
+        end = max((i for i, line in enumerate(lines) if error and line.strip() == error), default=len(lines) - 1)
+        excerpt = "\n".join(lines[max(0, end - 11):end + 1])
         return ServerDidNotStart(f"{self.name} {what}{': ' + error if error else ''}"
-                                 f"\n--- last lines of its log ---\n{log}")
+                                 f"\n--- its log, up to the error ---\n{excerpt}")
 
     def _check_unfinished(self, answer: requests.Response | None = None) -> None:
         """Stop waiting at once when start-up hits a TODO of the workspace: it never gets ready."""
         if _UNFINISHED.search(tail(self.log_path, 400)):
             raise self._not_started("stopped at an unfinished exercise while starting")
-        if answer is not None and not answer.ok and re.search(r"TODO \d\d\.\d+", answer.text):
+        if answer is not None and not answer.ok and TODO_ID.search(answer.text):
             raise self._not_started(f"answered {answer.url} with HTTP {answer.status_code}: "
                                     f"{answer.text.strip()[:200]}")
 
