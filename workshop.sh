@@ -4,15 +4,15 @@
 #
 #   ./workshop.sh demo          the full stack segments a sample photo (writes out/demo-overlay.png)
 #   ./workshop.sh check         the guide's strict build + every check (lessons, guide, bench, exercises)
-#   ./workshop.sh check LESSON  one lesson's checks, e.g. ./workshop.sh check 03
+#   ./workshop.sh check LESSON  one lesson's checks, e.g. ./workshop.sh check 03 (or 3, uwsgi)
 #   ./workshop.sh docs          the guide at http://127.0.0.1:8000 (mkdocs serve)
 #   ./workshop.sh setup         only the setup
-#   ./workshop.sh bench [--quick]  what each stage costs (~8 min; --quick ~1 min) -> bench/results/
+#   ./workshop.sh bench [--quick]  what each stage costs (about 7 minutes; --quick about 1.5 minutes) -> bench/results/
 #   ./workshop.sh check-docker  lesson 06 with real containers (Docker, else podman; slow the first time)
 #
 # Exercise mode (the checks then test your workspace/; lessons/ holds the solutions):
 #   ./workshop.sh workspace     copy the lessons to workspace/, the parts to write as TODOs
-#   ./workshop.sh hint [LESSON] the hints of the lesson to work on (or of LESSON)
+#   ./workshop.sh hint [NN|NN.K] the next hint for the exercise at hand (--all: every hint)
 #   ./workshop.sh reset LESSON  start one lesson of workspace/ again (the old one is kept)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")" && pwd)
@@ -26,18 +26,19 @@ case "$cmd" in
   demo)  bash scripts/setup.sh && "$PY" -m workshop.demo "$@" ;;
   check)
     bash scripts/setup.sh
-    if [ $# -gt 0 ]; then
-      exec "$PY" -m pytest "checks/test_$1"*.py "${@:2}"
+    if [ $# -gt 0 ] && [ "${1:0:1}" != - ]; then   # one lesson: 3, 03, 03_uwsgi, uwsgi
+      lesson=$("$PY" -m workshop.lessons name "$1") || exit 2
+      exec "$PY" -m pytest checks/test_"${lesson:0:2}"_*.py "${@:2}"
     fi
     # The guide first: its checks (checks/test_guide.py) open the built site.
     "$PY" -m mkdocs build --strict --quiet --site-dir site
-    "$PY" -m pytest checks/
+    "$PY" -m pytest checks/ "$@"
     ;;
   docs)  bash scripts/setup.sh && exec "$PY" -m mkdocs serve "$@" ;;
   bench) bash scripts/setup.sh && exec "$PY" -m bench "$@" ;;
   check-docker)
     bash scripts/setup.sh
-    exec tools/podman/with-engine.sh "$PY" -m pytest checks/test_06_engine.py "$@"
+    exec tools/podman/with-engine.sh "$PY" -m pytest checks/test_06_*.py "$@"
     ;;
   # Standard library only: they work before the setup, with any python3.
   workspace|hint|reset)

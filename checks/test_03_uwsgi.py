@@ -1,29 +1,26 @@
 """Lesson 03: uWSGI runs the lesson-02 app in several workers, and keeps them healthy."""
 
 import os
+import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 import requests
 
-from workshop import images
-from workshop.harness import LoadRun, base_env, concurrently, lesson_server, started, stop, uwsgi_stats
+from workshop.harness import LoadRun, concurrently, lesson_server, make_run_dir, started, stop, uwsgi_stats
 from workshop.procs import free_port, wait_for
 
+from checks.utils import segment
+
 LESSON = "03_uwsgi"
-PHOTO = images.encode(images.photo().resize((256, 256)), "JPEG")
+CORES = os.cpu_count()
 
 
 @pytest.fixture(scope="module")
 def uwsgi_server(lessons):
     with lesson_server(lessons, LESSON) as server:
         yield server
-
-
-def segment(server, **params):
-    return requests.post(server.url + "/infer", data=PHOTO, params={"format": "png", **params}, timeout=60)
 
 
 def worker_pids(server) -> set[int]:
@@ -37,29 +34,70 @@ def test_served_by_uwsgi_workers(uwsgi_server):
     assert "uwsgi" in cmdline, f"the answer came from {cmdline!r}, not a uWSGI worker: start it with run.sh"
 
 
-def test_two_workers_exist(uwsgi_server):
+def test_one_worker_per_core(uwsgi_server):
     stats = uwsgi_stats(uwsgi_server.run_dir / "stats.sock")
-    assert len(stats["workers"]) == 2, \
-        f"{len(stats['workers'])} workers: is `processes = 2` in workers.ini? (one per core)"
+    assert len(stats["workers"]) == CORES, \
+        f"{len(stats['workers'])} workers on a machine with {CORES} cores: one worker per core " \
+        "(`processes` in workers.ini)"
 
 
-def test_two_workers_share_the_load(uwsgi_server):
-    replies = concurrently(lambda: segment(uwsgi_server), times=20, at_once=4)
+def test_every_worker_shares_the_load(uwsgi_server):
+    replies = concurrently(lambda: segment(uwsgi_server), times=10 * CORES, at_once=2 * CORES)
     assert all(r.status_code == 200 for r in replies)
-    pids = {r.headers["X-Worker-Pid"] for r in replies}
-    assert len(pids) == 2, f"only {pids} answered 20 concurrent requests: is `processes = 2` set?"
+    pids = {int(r.headers["X-Worker-Pid"]) for r in replies}
+    assert pids == worker_pids(uwsgi_server), \
+        f"only {sorted(pids)} of the workers {sorted(worker_pids(uwsgi_server))} answered concurrent requests"
 
 
 def test_each_worker_built_the_model_once(uwsgi_server):
-    seen = {}
+    seen, workers = {}, len(worker_pids(uwsgi_server))
     def ask():
         info = requests.get(uwsgi_server.url + "/readyz", timeout=10).json()
         seen[info["pid"]] = info
-        return len(seen) == 2
-    wait_for(ask, timeout=30, interval=0, what="/readyz answers from both workers")
+        return len(seen) == workers
+    wait_for(ask, timeout=30, interval=0, what="/readyz answers from every worker")
     for info in seen.values():
         assert info["model_builds"] == 1, \
             f"worker {info['pid']} built the model {info['model_builds']} times: build it at import, once"
+
+
+def test_big_request_headers_fit(uwsgi_server):
+    # A browser with a few cookies sends more than uWSGI's default 4 KB of headers.
+    try:
+        r = requests.get(uwsgi_server.url + "/readyz", headers={"Cookie": "a" * 6000}, timeout=10)
+        outcome = r.status_code
+    except requests.ConnectionError:
+        outcome = "the connection was closed"
+    assert outcome == 200, \
+        f"a request with 6 KB of headers got: {outcome}; uWSGI's log says " \
+        f"{'invalid request block size' if 'invalid request block size' in uwsgi_server.log(20) else 'nothing'}: " \
+        "give it an 8 KB buffer (`buffer-size`)"
+
+
+def test_a_broken_app_stops_the_start(lessons):
+    # A setting the app cannot read makes its import fail (ValueError). uWSGI
+    # must then exit, so that a process manager sees it, not serve 500s without an app.
+    run_dir = make_run_dir()
+    port = free_port()
+    server = started("uwsgi-broken-app", ["bash", "run.sh"], run_dir=run_dir, cwd=lessons / LESSON,
+                     env={"PORT": str(port), "RUN_DIR": str(run_dir), "SEG_MAX_BYTES": "10MB"},
+                     url=f"http://127.0.0.1:{port}")
+    try:
+        def outcome():
+            if not server.alive():
+                return "exited"
+            try:
+                return f"answered HTTP {requests.get(server.url + '/readyz', timeout=2).status_code}"
+            except requests.RequestException:  # not listening yet, or still importing
+                return None
+        seen = wait_for(outcome, timeout=90, interval=0.2, what="uWSGI to exit (or to answer)")
+        assert seen == "exited", \
+            f"the app failed to import, yet uWSGI kept running and {seen} (\"no app loaded\" in its log): " \
+            "a failed import must stop the start (`need-app`)"
+        assert "ValueError" in server.log(100), "the log should show why the app could not start"
+    finally:
+        stop(server)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def test_killed_worker_is_respawned(uwsgi_server):
@@ -67,7 +105,7 @@ def test_killed_worker_is_respawned(uwsgi_server):
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
     after = wait_for(lambda: (pids := worker_pids(uwsgi_server)) and victim not in pids
-                     and len(pids) == 2 and pids, timeout=30,
+                     and len(pids) == len(before) and pids, timeout=30,
                      what="the master to respawn the killed worker (is `master = true` set?)")
     assert victim not in after
     replies = concurrently(lambda: segment(uwsgi_server), times=8, at_once=2)
@@ -83,14 +121,15 @@ def test_graceful_reload_under_load_loses_nothing(uwsgi_server):
     assert len(load.outcomes) == 80, f"only {len(load.outcomes)} of 80 requests finished"
     failed = [o for o in load.outcomes if o != 200]
     assert not failed, f"{len(failed)} requests failed during a graceful reload: {failed[:5]}"
-    after = wait_for(lambda: len(pids := worker_pids(uwsgi_server)) == 2 and pids, timeout=30, what="workers")
+    after = wait_for(lambda: len(pids := worker_pids(uwsgi_server)) == len(before) and pids, timeout=30,
+                     what="as many workers as before")
     assert after.isdisjoint(before), "the workers were not replaced: did SIGHUP reload uWSGI?"
 
 
 def test_harakiri_kills_a_stuck_request(lessons):
     # SEG_DEBUG_DELAY=1 enables ?delay=S in the app, to simulate a stuck request.
     with lesson_server(lessons, LESSON, args=["--harakiri", "3"], env={"SEG_DEBUG_DELAY": "1"}) as server:
-        stuck_pid = None
+        workers = len(worker_pids(server))
         try:
             r = segment(server, delay=20)
             outcome = r.status_code
@@ -100,7 +139,7 @@ def test_harakiri_kills_a_stuck_request(lessons):
         wait_for(lambda: "HARAKIRI" in server.log(200), timeout=10, what="HARAKIRI in the uWSGI log")
         replies = concurrently(lambda: segment(server), times=6, at_once=2)
         assert [r.status_code for r in replies] == [200] * 6, "the server did not recover after harakiri"
-        assert len(worker_pids(server)) == 2
+        assert len(worker_pids(server)) == workers, "the master did not replace the worker harakiri killed"
 
 
 def test_without_the_debug_switch_delay_is_ignored(uwsgi_server):

@@ -14,8 +14,10 @@ import requests
 
 from workshop import images, nginx
 from workshop.harness import lesson_server
-from workshop.lessons import ROOT, import_module
+from workshop.lessons import ROOT
 from workshop.procs import wait_for
+
+from checks.utils import mask_of, segment
 
 LESSON = "04_nginx"
 PHOTO = images.photo_bytes()
@@ -27,21 +29,6 @@ def stack(lessons):
         yield server
 
 
-@pytest.fixture(scope="module")
-def local(lessons):
-    import torch
-
-    torch.set_num_threads(1)
-    segmentation = import_module(lessons, "02_segmentation", "segmentation")
-    voc = import_module(lessons, "02_segmentation", "voc")
-    model = segmentation.load_model("random")
-    return segmentation.predict(model, segmentation.decode_image(PHOTO, 10**8)), voc
-
-
-def segment(server, data=PHOTO):
-    return requests.post(server.url + "/infer", data=data, params={"format": "png"}, timeout=60)
-
-
 def effective_config(server) -> str:
     prefix = server.run_dir / "nginx"
     out = subprocess.run(["nginx", "-T", "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
@@ -50,23 +37,32 @@ def effective_config(server) -> str:
     return out.stdout
 
 
-def test_answer_through_nginx_is_the_app_answer(stack, local):
-    expected, voc = local
-    r = segment(stack)
+def test_answer_through_nginx_is_the_app_answer(stack, reference):
+    segmentation, model = reference
+    r = segment(stack, PHOTO)
     assert r.status_code == 200, f"nginx answered {r.status_code}: {r.text[:200]}"
     assert r.headers["Server"] == "nginx", "the answer did not come through nginx"
     assert r.headers["X-Upstream"].startswith("unix:"), "nginx should pass to uWSGI over the unix socket"
-    assert np.array_equal(voc.mask_from_png(r.content), expected), \
-        "the mask through nginx differs from the app's own answer"
+    expected = segmentation.predict(model, segmentation.decode_image(PHOTO, 10**8))
+    assert np.array_equal(mask_of(r), expected), "the mask through nginx differs from the app's own answer"
 
 
 @pytest.mark.parametrize("directive", [
     "server_tokens off;", "client_max_body_size 10m;", "include uwsgi_params;",
-    "uwsgi_read_timeout 35s;", "uwsgi_next_upstream error timeout non_idempotent;",
-    "upstream=$upstream_addr", "upstream_time=$upstream_response_time",
+    "uwsgi_read_timeout 35s;", "upstream=$upstream_addr", "upstream_time=$upstream_response_time",
 ])
 def test_effective_config_holds_the_promised_directives(stack, directive):
     assert directive in effective_config(stack), f"`nginx -T` does not show {directive!r}"
+
+
+def test_a_failed_request_is_retried_on_the_next_upstream(stack):
+    # Meaning, not spelling: the flags of uwsgi_next_upstream, in any order.
+    lines = [line.strip().rstrip(";").split() for line in effective_config(stack).splitlines()]
+    flags = {flag for words in lines if words[:1] == ["uwsgi_next_upstream"] for flag in words[1:]}
+    missing = {"error", "timeout", "non_idempotent"} - flags
+    assert not missing, \
+        f"uwsgi_next_upstream lacks {sorted(missing)}: without them nginx does not try the next " \
+        "upstream when one fails, and never retries a POST (non_idempotent); lesson 05's failover needs it"
 
 
 def test_server_name_is_a_name_not_an_address(stack):
@@ -144,8 +140,8 @@ def test_production_site_is_the_rendered_template(lessons, tmp_path):
     lesson = lessons / LESSON
     rendered = nginx.production(lesson / "inference.conf.template", lesson / "production.env")
     committed = (lesson / "production" / "inference.conf").read_text()
-    assert committed == rendered, "production/inference.conf is stale: re-render it " \
-        "(python -m workshop.nginx production inference.conf.template production.env production/inference.conf)"
+    assert committed == rendered, "production/inference.conf is not the rendering of the template: " \
+        f"re-render it, from {ROOT}: .venv/bin/{nginx.RERENDER} {lesson.relative_to(ROOT) if lesson.is_relative_to(ROOT) else lesson}"
     result = nginx.test_config(_wrapped(committed, tmp_path))
     assert result.returncode == 0, f"nginx -t rejects production/inference.conf:\n{result.stderr}"
 

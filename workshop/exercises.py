@@ -1,25 +1,14 @@
 """Exercise mode: the learner writes the marked parts, the checks say how far they got.
 
-The reference lessons (lessons/) are the solutions. The parts a learner
-writes are marked in them with comment lines, in the comment syntax of each
-file (`#` for Python, bash, nginx, Dockerfile, YAML; `;` for uWSGI .ini):
-
-    # EXERCISE 02.1: build the model once per process — hint: call ... at import time
-    model = segmentation.load_model()
-    # END EXERCISE
-
-Inside a block, an optional `# STUB: <line>` says what stands in for the
-solution in the workspace. Without one, a Python block becomes
-`raise NotImplementedError("TODO 02.1: ...")` (so a check fails saying which
-TODO to do) and any other file just loses the lines (an .ini option removed).
-Markers are comment lines only: the reference lessons run as they are, and
-the guide (scripts/docs/hooks.py) and nginx renderings strip them.
+The reference lessons (lessons/) are the solutions; workshop/markers.py says
+how the parts to write are marked, lessons/hints.toml holds their hints.
 
     python -m workshop.exercises workspace [--lessons DIR]   create workspace/ (refuses if it exists)
     python -m workshop.exercises reset NN [--lessons DIR]    restore one lesson, with its TODOs
-    python -m workshop.exercises hint [NN] [--lessons DIR]   the hints of the current lesson
+    python -m workshop.exercises hint [NN|NN.K] [--all]      the next hint of the exercise at hand
 
-(./workshop.sh workspace | reset NN | hint [NN] run these.)
+(./workshop.sh workspace | reset NN | hint [NN] run these.) Standard library
+only: it runs before the setup, with any python3.
 """
 
 from __future__ import annotations
@@ -33,107 +22,30 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from .lessons import LESSONS, REFERENCE, ROOT, WORKSPACE, describe, lessons_root
+from . import nginx
+from .lessons import LESSONS, REFERENCE, ROOT, WORKSPACE, describe, lesson_name, lessons_root
+from .markers import ANY_MARKER, TODO, TODO_ID, Exercise, MarkerError, parse, strip_markers, todo_version  # noqa: F401
 
-MARK = re.compile(r"^(?P<indent>[ \t]*)(?P<c>[#;])[ \t]?EXERCISE[ \t]+(?P<id>\d\d\.\d+):[ \t]*"
-                  r"(?P<title>.+?)[ \t]+(?:—|--)[ \t]+hint:[ \t]*(?P<hint>.+?)[ \t]*$")
-END = re.compile(r"^[ \t]*[#;][ \t]?END EXERCISE[ \t]*$")
-STUB = re.compile(r"^(?P<indent>[ \t]*)[#;][ \t]?STUB:[ \t]?(?P<code>.*?)[ \t]*$")
-# Anything that looks like a marker, well-formed or not (what must never leak).
-ANY_MARKER = re.compile(r"^[ \t]*[#;][ \t]?(?:EXERCISE[ \t]+\d|END EXERCISE|STUB:)", re.M)
-# A TODO left in a workspace file: the comment line a block turned into.
-TODO = re.compile(r"^(?P<indent>[ \t]*)(?P<c>[#;])[ \t]?TODO[ \t]+(?P<id>\d\d\.\d+):[ \t]*(?P<title>.+?)"
-                  r"(?:[ \t]+(?:—|--)[ \t]+hint:[ \t]*(?P<hint>.+?))?[ \t]*$")
-# A TODO id mentioned anywhere (a log line, an exception, an HTTP answer).
-TODO_ID = re.compile(r"\bTODO (\d\d\.\d+)\b")
+try:
+    import tomllib
+except ImportError:  # Python 3.10: pip carries the same parser
+    from pip._vendor import tomli as tomllib
 
+HINTS = REFERENCE / "hints.toml"
 STAMP = ".workshop-workspace"      # marks a folder as a learner's workspace
 BACKUPS = ".backup"                # reset moves the old lesson here
-PROGRESS = ROOT / "run" / "progress.json"   # the last check results, per lessons root
-SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "*.sock")
+STATE = ROOT / "run"               # git-ignored: what the learner's runs leave
+PROGRESS = STATE / "progress.json"  # the last check results, per lessons root
+HINTS_SHOWN = STATE / "hints-shown.json"   # how many hints of each exercise were shown
+SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "*.sock", HINTS.name)
 
 
-class MarkerError(ValueError):
-    """A reference file's markers are malformed (unclosed or nested block, no hint, ...)."""
-
-
-@dataclass
-class Exercise:
-    id: str        # "02.1"
-    title: str
-    hint: str
-    path: str      # relative to the lessons root, e.g. "02_segmentation/inference.py"
-    line: int      # 1-based: the EXERCISE line (reference) or the TODO line (workspace)
-
-    @property
-    def lesson(self) -> str:
-        return self.path.split("/", 1)[0]
-
-    def todo_text(self) -> str:
-        return f"TODO {self.id}: {self.title} — hint: {self.hint}"
-
-
-# ------------------------------------------------------------ one file
-
-def parse(text: str, path: str = "?") -> list[tuple[Exercise, int, int, str | None]]:
-    """The blocks in a reference file: (exercise, first line index, END line index, stub)."""
-    blocks, current, stub = [], None, None
-    for i, line in enumerate(text.splitlines()):
-        if m := MARK.match(line):
-            if current:
-                raise MarkerError(f"{path}:{i + 1}: EXERCISE {m['id']} starts inside EXERCISE {current[0].id}")
-            current, stub = (Exercise(m["id"], m["title"], m["hint"], path, i + 1), i), None
-        elif END.match(line):
-            if not current:
-                raise MarkerError(f"{path}:{i + 1}: END EXERCISE without an EXERCISE line")
-            blocks.append((current[0], current[1], i, stub))
-            current = None
-        elif current and (s := STUB.match(line)):
-            stub = s["indent"] + s["code"]
-        elif ANY_MARKER.match(line):
-            raise MarkerError(f"{path}:{i + 1}: malformed marker (expected "
-                              f"'EXERCISE NN.K: title — hint: text'): {line.strip()}")
-    if current:
-        raise MarkerError(f"{path}:{current[1] + 1}: EXERCISE {current[0].id} has no END EXERCISE")
-    return blocks
-
-
-def strip_markers(text: str) -> str:
-    """The solution as the learner should see it: marker lines (and stubs) removed."""
-    out, inside = [], False
-    for line in text.splitlines(keepends=True):
-        if MARK.match(line):
-            inside = True
-        elif END.match(line):
-            inside = False
-        elif not (inside and STUB.match(line)):
-            out.append(line)
-    return "".join(out)
-
-
-def todo_version(text: str, path: str) -> str:
-    """The workspace file: every block replaced by a TODO line with its hint (and a stub)."""
-    blocks = parse(text, path)
-    if not blocks:
-        return text
-    lines = text.splitlines(keepends=True)
-    out, pos = [], 0
-    for ex, start, end, stub in blocks:
-        out += lines[pos:start]
-        m = MARK.match(lines[start])
-        indent, c = m["indent"], m["c"]
-        out.append(f"{indent}{c} {ex.todo_text()}\n")
-        if stub is not None:
-            out.append(stub + "\n")
-        elif path.endswith(".py"):
-            # Fails where the solution would run, naming the TODO (the checks show it).
-            out.append(f"{indent}raise NotImplementedError({json.dumps(f'TODO {ex.id}: {ex.title}', ensure_ascii=False)})\n")
-        pos = end + 1
-    out += lines[pos:]
-    return "".join(out)
+def load_hints(path: Path = HINTS) -> dict[str, list[str]]:
+    """{exercise id: [hint, ...]}, from a nudge to the answer."""
+    with open(path, "rb") as f:
+        return {ex_id: table["hints"] for ex_id, table in tomllib.load(f).items()}
 
 
 def _text(path: Path) -> str | None:
@@ -149,8 +61,6 @@ def _files(folder: Path):
             yield path
 
 
-# ------------------------------------------------------------ lessons
-
 def _lesson_files(root: Path, lesson: str | None):
     """(path, text) of every file of every lesson under root (or of one lesson)."""
     for name in ([lesson] if lesson else LESSONS):
@@ -160,31 +70,38 @@ def _lesson_files(root: Path, lesson: str | None):
                 yield path, _text(path)
 
 
+def _by_id(found) -> list[Exercise]:
+    return sorted(found, key=lambda ex: [int(p) for p in ex.id.split(".")])
+
+
 def exercises(root: Path = REFERENCE, lesson: str | None = None) -> list[Exercise]:
-    """Every marked exercise in the reference lessons (or one lesson), in id order.
+    """Every marked exercise in the reference lessons (or one lesson), in id order, with its hints.
 
     One exercise may span several blocks (the same id again, e.g. a volume
     declared in one place and mounted in two): it is listed once, as its first block.
     """
+    hints = load_hints()
     found: dict[str, Exercise] = {}
     for path, text in _lesson_files(root, lesson):
         if text and ANY_MARKER.search(text):
             for ex, *_ in parse(text, path.relative_to(root).as_posix()):
+                ex.hints = hints.get(ex.id, [])
                 found.setdefault(ex.id, ex)
-    return sorted(found.values(), key=lambda ex: [int(p) for p in ex.id.split(".")])
+    return _by_id(found.values())
 
 
 def todos(root: Path, lesson: str | None = None) -> list[Exercise]:
     """The TODO lines left in a workspace (or one of its lessons), in id order."""
-    found, seen = [], set()
+    hints = load_hints()
+    found: dict[str, Exercise] = {}
     for path, text in _lesson_files(root, lesson):
-        if not text or "TODO" not in text:
+        if not text or "TODO" not in text or path.parent.name == "production":  # generated files
             continue
         for i, line in enumerate(text.splitlines()):
-            if (m := TODO.match(line)) and m["id"] not in seen:
-                seen.add(m["id"])
-                found.append(Exercise(m["id"], m["title"], m["hint"] or "", path.relative_to(root).as_posix(), i + 1))
-    return sorted(found, key=lambda ex: [int(p) for p in ex.id.split(".")])
+            if (m := TODO.match(line)) and m["id"] not in found:
+                found[m["id"]] = Exercise(m["id"], m["title"], path.relative_to(root).as_posix(),
+                                          i + 1, hints.get(m["id"], []))
+    return _by_id(found.values())
 
 
 def not_started(root: Path, lesson: str, reference: Path = REFERENCE) -> bool:
@@ -206,23 +123,30 @@ def is_workspace(root: Path) -> bool:
     return root.resolve() != REFERENCE.resolve() and ((root / STAMP).exists() or bool(todos(root)))
 
 
-def _build_lesson(lesson: str, dest: Path, reference: Path) -> None:
+# ------------------------------------------------------------ making a workspace
+
+def _build_lesson(lesson: str, dest: Path, reference: Path, unsolved: set[str] | None = None) -> None:
     """Copy one reference lesson to dest (which must not exist), with TODOs for its exercises."""
     shutil.copytree(reference / lesson, dest, ignore=SKIP)
     for path in _files(dest):
         text = _text(path)
         if text and ANY_MARKER.search(text):
-            path.write_text(todo_version(text, f"{lesson}/{path.relative_to(dest).as_posix()}"), encoding="utf-8")
-    # A generated file must match what the workspace's own template renders
-    # (lesson 04's check compares them), not the reference's solution.
-    template, values, out = dest / "inference.conf.template", dest / "production.env", dest / "production/inference.conf"
-    if template.exists() and values.exists() and out.exists():
-        from . import nginx
-        out.write_text(nginx.production(template, values))
+            rel = f"{lesson}/{path.relative_to(dest).as_posix()}"
+            path.write_text(todo_version(text, rel, unsolved), encoding="utf-8")
+        elif text and path.suffix == ".md":
+            # The README's commands run the learner's copy, not the solution.
+            path.write_text(re.sub(rf"\blessons/(?=({'|'.join(LESSONS)})\b)", f"{dest.parent.name}/", text))
+    # Generated files follow the workspace's own templates (lesson 04's check compares them).
+    for path, text in nginx.production_files(dest).items():
+        path.write_text(text)
 
 
-def create_workspace(dest: Path = WORKSPACE, reference: Path = REFERENCE) -> Path:
-    """A learner's copy of the lessons with TODOs. Never touches an existing folder."""
+def create_workspace(dest: Path = WORKSPACE, reference: Path = REFERENCE,
+                     unsolved: set[str] | None = None) -> Path:
+    """A learner's copy of the lessons with TODOs. Never touches an existing folder.
+
+    unsolved: only these exercises become TODOs (the rest keep their solution).
+    """
     dest = Path(dest).resolve()
     if dest == Path(reference).resolve():
         raise FileExistsError(f"{dest} is the reference lessons, not a place for a workspace")
@@ -237,31 +161,26 @@ def create_workspace(dest: Path = WORKSPACE, reference: Path = REFERENCE) -> Pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
         for item in sorted(Path(reference).iterdir()):
-            if item.name == "__pycache__":
+            if item.name in ("__pycache__", HINTS.name):
                 continue
             if item.name in LESSONS:
-                _build_lesson(item.name, tmp / item.name, reference)
+                _build_lesson(item.name, tmp / item.name, reference, unsolved)
             elif item.is_dir():
                 shutil.copytree(item, tmp / item.name, ignore=SKIP)
             else:
                 shutil.copy2(item, tmp / item.name)
         (tmp / STAMP).write_text(
-            "This folder is a learner's workspace, created by ./workshop.sh workspace from lessons/.\n"
-            "The checks use it when it exists. lessons/ holds the solutions.\n")
+            "This folder is a learner's workspace, created by ./workshop.sh workspace.\n"
+            "The checks use it when it exists.\n")
         tmp.chmod(0o755)
         tmp.rename(dest)
+        # The README rewrite above named the temporary folder: name the real one.
+        for readme in dest.glob("*/README.md"):
+            readme.write_text(readme.read_text().replace(f"{tmp.name}/", f"{dest.name}/"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
-
-
-def lesson_name(arg: str) -> str:
-    arg = arg.strip().rstrip("/").split("/")[-1]
-    for name in LESSONS:
-        if arg == name or (arg.isdigit() and int(arg) == int(name[:2])):
-            return name
-    raise KeyError(f"no lesson {arg!r}: one of {', '.join(n[:2] for n in LESSONS)}")
 
 
 def reset_lesson(root: Path, lesson: str, reference: Path = REFERENCE) -> Path | None:
@@ -283,7 +202,7 @@ def reset_lesson(root: Path, lesson: str, reference: Path = REFERENCE) -> Path |
     return backup
 
 
-# ------------------------------------------------------------ progress (written by the checks)
+# ------------------------------------------------------------ what the runs leave (run/)
 
 def _fingerprint(folder: Path) -> str:
     digest = hashlib.sha256()
@@ -293,32 +212,39 @@ def _fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save(path: Path, data: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}-{os.getpid()}.json")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only checkout still runs its checks
+
+
 def record_progress(root: Path, results: dict) -> None:
     """Keep the results of a check run ({lesson: {passed, failed, hint}}), per lessons root.
 
     Lessons not checked in this run keep their earlier results. Never fails a run.
     """
-    try:
-        data = json.loads(PROGRESS.read_text()) if PROGRESS.exists() else {}
-        data = {k: v for k, v in data.items() if Path(k).is_dir()}  # forget deleted roots
-        entry = data.setdefault(str(Path(root).resolve()), {})
-        for lesson, r in results.items():
-            folder = Path(root) / lesson
-            entry[lesson] = {**r, "time": time.strftime("%Y-%m-%d %H:%M"),
-                             "fingerprint": _fingerprint(folder) if folder.is_dir() else ""}
-        PROGRESS.parent.mkdir(parents=True, exist_ok=True)
-        tmp = PROGRESS.with_name(f".progress-{os.getpid()}.json")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(PROGRESS)
-    except (OSError, ValueError):
-        pass
+    data = {k: v for k, v in _load(PROGRESS).items() if Path(k).is_dir()}  # forget deleted roots
+    entry = data.setdefault(str(Path(root).resolve()), {})
+    for lesson, r in results.items():
+        folder = Path(root) / lesson
+        entry[lesson] = {**r, "time": time.strftime("%Y-%m-%d %H:%M"),
+                         "fingerprint": _fingerprint(folder) if folder.is_dir() else ""}
+    _save(PROGRESS, data)
 
 
 def last_progress(root: Path) -> dict:
-    try:
-        return json.loads(PROGRESS.read_text()).get(str(Path(root).resolve()), {})
-    except (OSError, ValueError):
-        return {}
+    return _load(PROGRESS).get(str(Path(root).resolve()), {})
 
 
 def current_lesson(root: Path, progress: dict | None = None) -> str | None:
@@ -332,13 +258,13 @@ def current_lesson(root: Path, progress: dict | None = None) -> str | None:
 
 
 def hint_for(text: str, root: Path) -> str | None:
-    """If text (a check's message, a server log) names a TODO, the full hint for it."""
+    """If text (a check's message, a server log) names a TODO, that TODO's line and place."""
     m = TODO_ID.search(text or "")
     if not m:
         return None
     for ex in todos(root):
         if ex.id == m.group(1):
-            return f"{ex.todo_text()}  ({ex.path}:{ex.line})"
+            return f"{ex.todo_line()}  ({ex.path}:{ex.line})"
     # The TODO line was deleted but its stub still runs: quote what the stub says.
     return text[m.start():].splitlines()[0].rstrip("\"');")
 
@@ -353,23 +279,44 @@ def _show(path: Path) -> str:
         return str(path)
 
 
-def _print_hints(root: Path, lesson: str) -> None:
-    if Path(root).resolve() == REFERENCE.resolve():
-        print(f"Lesson {lesson}: its exercises (lessons/ holds their solutions)")
-        for ex in exercises(REFERENCE, lesson):
-            print(f"\n  {ex.id}  {_show(REFERENCE / ex.path)}:{ex.line}\n      {ex.title}\n      hint: {ex.hint}")
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _wrap(text: str, indent: str = "    ", width: int = 88) -> str:
+    import textwrap
+    return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent)
+
+
+def _next_hint(root: Path, ex: Exercise, everything: bool) -> None:
+    """Print the next hint of ex (all of them with everything), and remember how far we are."""
+    state = {k: v for k, v in _load(HINTS_SHOWN).items() if Path(k).is_dir()}  # forget deleted roots
+    shown = state.setdefault(str(Path(root).resolve()), {})
+    total = len(ex.hints)
+    if not total:
+        print(f"\nTODO {ex.id} has no hints.")
         return
+    upto = total if everything else min(shown.get(ex.id, 0) + 1, total)
+    for level in range(1 if everything else upto, upto + 1):
+        last = " (the answer)" if level == total else ""
+        print(f"\nHint {level} of {total} for TODO {ex.id}, {ex.title}{last}:")
+        print(_wrap(ex.hints[level - 1]))
+    shown[ex.id] = max(shown.get(ex.id, 0), upto)
+    _save(HINTS_SHOWN, state)
+    if upto < total:
+        print(f"\nStill stuck? Ask again for hint {upto + 1}:  ./workshop.sh hint {ex.id}")
+
+
+def _print_lesson(root: Path, lesson: str, exercise: str | None, everything: bool) -> None:
     left = todos(root, lesson)
-    count = f"{len(left)} TODO{'s' if len(left) != 1 else ''} left" if left else "no TODOs left"
+    count = f"{_plural(len(left), 'TODO')} left" if left else "no TODO lines left"
     if left and not_started(root, lesson):
         count += " (not started)"
     print(f"Lesson {lesson}: {count}")
     for ex in left:
-        print(f"\n  TODO {ex.id}  {_show(Path(root) / ex.path)}:{ex.line}")
-        print(f"      {ex.title}")
-        if ex.hint:
-            print(f"      hint: {ex.hint}")
+        print(f"  TODO {ex.id}  {_show(Path(root) / ex.path)}:{ex.line}  {ex.title}")
     last = last_progress(root).get(lesson)
+    named = None
     if last and last.get("failed"):
         print(f"\nYour last check run ({last['time']}): {last['failed']} of "
               f"{last['failed'] + last['passed']} checks failed; the first one says:")
@@ -377,11 +324,21 @@ def _print_hints(root: Path, lesson: str) -> None:
         folder = Path(root) / lesson
         if folder.is_dir() and last.get("fingerprint") not in ("", _fingerprint(folder)):
             print("      (you have changed the lesson since: check it again)")
+        named = (TODO_ID.search(last.get("hint") or "") or [None, None])[1]
     elif last:
         print(f"\nYour last check run ({last['time']}): all {last['passed']} checks passed.")
-    print(f"\nCheck it:            ./workshop.sh check {lesson[:2]}")
-    if Path(root).resolve() != REFERENCE.resolve():
-        print(f"Compare with the solution:  diff -r {_show(REFERENCE / lesson)} {_show(Path(root) / lesson)}")
+    pool = {ex.id: ex for ex in exercises(REFERENCE, lesson)}
+    chosen = pool.get(exercise or "") or pool.get(named or "") or (pool.get(left[0].id) if left else None)
+    if chosen:
+        _next_hint(root, chosen, everything)
+    print(f"\nCheck it:  ./workshop.sh check {lesson[:2]}")
+
+
+def _print_reference(lesson: str) -> None:
+    print(f"Lesson {lesson}'s exercises, with their first hints:")
+    for ex in exercises(REFERENCE, lesson):
+        print(f"\n  {ex.id}  {ex.title}")
+        print(_wrap(ex.hint, "      "))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,10 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name, help_ in [("workspace", "create workspace/: the lessons with TODOs to write"),
                         ("reset", "restore one lesson of the workspace, with its TODOs"),
-                        ("hint", "the hints of the current lesson (or of lesson NN)")]:
+                        ("hint", "the next hint of the exercise at hand (or of lesson NN, or exercise NN.K)")]:
         p = sub.add_parser(name, help=help_)
-        if name != "workspace":
-            p.add_argument("lesson", nargs="?" if name == "hint" else None, help="e.g. 03")
+        if name == "reset":
+            p.add_argument("lesson", help="e.g. 03")
+        if name == "hint":
+            p.add_argument("lesson", nargs="?", help="e.g. 03, or 03.2 for one exercise")
+            p.add_argument("--all", action="store_true", help="every hint at once, the answer too")
         p.add_argument("--lessons", help="the workspace folder (default: $WORKSHOP_LESSONS, else workspace/)")
     args = parser.parse_args(argv)
 
@@ -402,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
             dest = create_workspace(dest)
             marked = exercises(REFERENCE)
             print(f"Created {_show(dest)}: the lessons, with {len(marked)} parts for you to write (TODO).")
-            print("The checks now test your workspace; lessons/ holds the solutions.\n")
-            print("  ./workshop.sh hint        what to do next")
+            print("The checks now test your workspace.\n")
+            print("  ./workshop.sh hint        what to do next (ask again for the next hint)")
             print("  ./workshop.sh check 01    check one lesson")
             print("  ./workshop.sh reset 01    start one lesson again")
             return 0
@@ -412,25 +372,31 @@ def main(argv: list[str] | None = None) -> int:
             lesson = lesson_name(args.lesson)
             root = lessons_root(args.lessons) if (args.lessons or os.environ.get("WORKSHOP_LESSONS")) else WORKSPACE
             backup = reset_lesson(root, lesson)
-            print(f"{_show(root / lesson)} is back as the workspace created it ({len(todos(root, lesson))} TODOs).")
+            print(f"{_show(root / lesson)} is back as the workspace created it "
+                  f"({_plural(len(todos(root, lesson)), 'TODO')}).")
             if backup:
                 print(f"Your previous version is in {_show(backup)}")
             return 0
 
+        exercise = args.lesson if args.lesson and re.fullmatch(r"\d\d?\.\d+", args.lesson) else None
+        if exercise:
+            exercise = f"{int(exercise.split('.')[0]):02d}.{exercise.split('.')[1]}"
+        lesson = lesson_name(exercise.split(".")[0] if exercise else args.lesson) if args.lesson else None
         root = lessons_root(args.lessons)
         if root.resolve() == REFERENCE.resolve():
-            print("There is no workspace: the checks use the reference solutions in lessons/.\n"
+            print("There is no workspace: the checks use the reference solutions.\n"
                   "Create your workspace, with the parts to write as TODOs:  ./workshop.sh workspace")
-            if not args.lesson:
-                return 0
-            print()
-        lesson = lesson_name(args.lesson) if args.lesson else current_lesson(root)
+            if lesson:
+                print()
+                _print_reference(lesson)
+            return 0
+        lesson = lesson or current_lesson(root)
         if lesson is None:
             print(f"Checking {describe(root)}: no TODOs left, and no failing check in your last run. "
                   "Run every check: ./workshop.sh check")
             return 0
         print(f"Checking {describe(root)}\n")
-        _print_hints(root, lesson)
+        _print_lesson(root, lesson, exercise, args.all)
         return 0
     except (FileExistsError, FileNotFoundError, KeyError, MarkerError) as exc:
         print(str(exc).strip("'\""), file=sys.stderr)

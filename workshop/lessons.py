@@ -1,4 +1,9 @@
-"""Where the lessons live: the reference solutions, or a learner's workspace."""
+"""Where the lessons live (the reference solutions, or a learner's workspace), and their names.
+
+    python -m workshop.lessons name ARG   the lesson ARG means (1, 01, 1_echo, echo), else the list
+
+Standard library only: ./workshop.sh uses it before the setup.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,17 @@ def lessons_root(option: str | None = None) -> Path:
     return REFERENCE
 
 
+def lesson_name(arg: str) -> str:
+    """The lesson a learner means: "3", "03", "03_uwsgi", "3_uwsgi", "uwsgi" or a path to it."""
+    arg = arg.strip().rstrip("/").split("/")[-1].lower()
+    number, _, rest = arg.partition("_")
+    for name in LESSONS:
+        if arg in (name, name[3:]) or (number.isdigit() and int(number) == int(name[:2])
+                                       and rest in ("", name[3:])):
+            return name
+    raise KeyError(f"no lesson {arg!r}; the lessons are: {', '.join(LESSONS)}")
+
+
 def describe(root: Path) -> str:
     if root == REFERENCE:
         return f"{root} (the reference solutions)"
@@ -33,12 +49,16 @@ def describe(root: Path) -> str:
     return str(root)
 
 
-def import_module(root: Path, lesson: str, module: str):
-    """Import e.g. 02_segmentation/segmentation.py from a lessons root, in this process."""
-    folder = str(root / lesson)
+def import_module(root: Path, lesson: str, module: str, as_name: str | None = None):
+    """Import e.g. 02_segmentation/segmentation.py from a lessons root, in this process.
+
+    as_name: the name to import it under, so that the reference's module and
+    a workspace's module of the same file name can live side by side.
+    """
+    folder = str(Path(root) / lesson)
     if folder not in sys.path:
-        sys.path.insert(0, folder)
-    name = f"{module}"
+        sys.path.insert(0, folder)   # its own imports (segmentation imports voc)
+    name = as_name or module
     if name in sys.modules and not sys.modules[name].__file__.startswith(folder):
         del sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, Path(folder) / f"{module}.py")
@@ -46,3 +66,13 @@ def import_module(root: Path, lesson: str, module: str):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["name"] and len(sys.argv) == 3:
+        try:
+            print(lesson_name(sys.argv[2]))
+        except KeyError as exc:
+            sys.exit(str(exc).strip("'\""))
+    else:
+        sys.exit(__doc__)

@@ -17,7 +17,7 @@ app = Flask(__name__)
 
 @app.post("/infer")
 def infer():
-    # EXERCISE 01.1: answer POST /infer with the body plus " Bye!" — hint: decode `request.get_data()` as UTF-8 and return `f"{text} Bye!"`; a body that is not UTF-8 raises `UnicodeDecodeError`: answer it with `jsonify(error=...), 400`, not a 500
+    # EXERCISE 01.1: answer POST /infer with the body plus " Bye!"
     try:
         text = request.get_data().decode("utf-8")
     except UnicodeDecodeError:

@@ -30,7 +30,7 @@ DEBUG_DELAY = os.environ.get("SEG_DEBUG_DELAY") == "1"  # enables ?delay=S (less
 app = Flask(__name__)
 app.config["MAX_CONTENT_LENGTH"] = MAX_BYTES  # Flask answers 413 above this
 
-# EXERCISE 02.1: build the model once per process — hint: call `segmentation.load_model()` here, in module scope: it then runs once, when the module is imported; keep the result in the global `model`, and never build one inside a request
+# EXERCISE 02.1: build the model once per process
 model = segmentation.load_model()  # once per process, at import time
 # END EXERCISE
 served = 0                          # requests this process has answered

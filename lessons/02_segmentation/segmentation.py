@@ -154,11 +154,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 @torch.inference_mode()  # no autograd bookkeeping: faster and lighter
 def predict(model: Model, img: Image.Image) -> np.ndarray:
     """RGB image -> uint8 mask of class ids, same height and width as img."""
-    # EXERCISE 02.2: preprocess the image and run the network — hint: `model.preprocess(img)` resizes and normalises as the weights expect; `.unsqueeze(0)` adds the batch dimension; `model.net(batch)["out"][0]` gives `logits`, the (21, h, w) class scores
+    # EXERCISE 02.2: preprocess the image and run the network
     batch = model.preprocess(img).unsqueeze(0)      # resize to 520, normalise, add batch dim
     logits = model.net(batch)["out"][0]             # (21, h, w) at the resized size
     # END EXERCISE
-    # EXERCISE 02.3: one class id per pixel, at the photo's size — hint: `logits.argmax(0)` is the best class of each pixel (make it `.to(torch.uint8).numpy()`); resize that `mask` back to `img.size` with `Image.NEAREST`, so class ids are never blended
+    # EXERCISE 02.3: one class id per pixel, at the photo's size
     mask = logits.argmax(0).to(torch.uint8).numpy()
     if mask.shape != (img.height, img.width):
         # Scale the mask back to the uploaded size so it lines up with the photo.

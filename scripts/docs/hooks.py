@@ -125,6 +125,40 @@ def _line_range(path: str, start: str, end: str, page: str) -> str:
     return f"{path}:{first}:{last}"
 
 
+def _exercise_of_each_line(path: str) -> list[str | None]:
+    """For each line of a file as the guide shows it: the exercise it belongs to, or None."""
+    owners, inside = [], None
+    for line in (ROOT / path).read_text().splitlines():
+        if m := markers.MARK.match(line):
+            inside = m["id"]
+        elif markers.END.match(line):
+            inside = None
+        elif not (inside and markers.STUB.match(line)):
+            owners.append(inside)
+    return owners
+
+
+def spoiled_exercises(target: str) -> set[str]:
+    """The exercises whose solution an include ("path" or "path:first:last") shows."""
+    path, _, span = target.partition(":")
+    if not (ROOT / path).is_file():
+        return set()
+    owners = _exercise_of_each_line(path)
+    if span:
+        first, last = (int(n) for n in span.split(":"))
+        owners = owners[first - 1:last]
+    return {ex for ex in owners if ex}
+
+
+def _folded(block: list[str], exercises_shown: set[str]) -> list[str]:
+    """A fenced code block that shows a solution, inside a collapsed admonition."""
+    indent = re.match(r"[ \t]*", block[0]).group()
+    which = ", ".join(sorted(exercises_shown))
+    title = f"The solution (opening it spoils exercise{'s' if len(exercises_shown) > 1 else ''} {which})"
+    return [f'{indent}??? success "{title}"', ""] + \
+        [indent + "    " + line[len(indent):] if line.strip() else line for line in block]
+
+
 HEADING = re.compile(r"^#{1,6}[ \t]+(?P<title>.+?)[ \t]*#*[ \t]*$")
 
 
@@ -261,36 +295,48 @@ def _exercise_list(lesson: str, page: str) -> list[str]:
     if not found:
         raise PluginError(f"{page}: lists the exercises of {lesson!r}, which has none (or no such lesson)")
     home = "../" * page.count("/") + "index.md#exercise-mode"
-    out = [f"In [exercise mode]({home}) you write these parts yourself, in `workspace/{lesson}/`; "
-           "the files on this page are the solutions. `./workshop.sh hint` prints the hints in "
-           "your terminal, with where each TODO is.", ""]
+    out = [f"In [exercise mode]({home}) you write these parts yourself, in `workspace/{lesson}/`. "
+           "The code on this page that holds their solutions is folded away: opening it spoils "
+           "the exercise. `./workshop.sh hint` gives one hint at a time, from a nudge to the answer.", ""]
     for ex in found:
         file = ex.path.split("/", 1)[1]
-        out += [f"- **{ex.id}** in `{file}`: {ex.title}.", f"  *Hint:* {ex.hint}"]
+        out += [f"- **{ex.id}** in `{file}`: {ex.title}.", f"  *First hint:* {ex.hint}"]
     return out
 
 
 def on_page_markdown(markdown, page, **kwargs):
     src = page.file.src_uri
     out = []
-    in_code = False
+    block: list[str] | None = None    # the fenced code block being read
+    shown: set[str] = set()            # the exercises whose solution it includes
     for line in fill_in_figures(markdown, src).splitlines():
-        if (ex := EXERCISES.match(line)) and not in_code:
+        if (ex := EXERCISES.match(line)) and block is None:
             out += _exercise_list(ex["lesson"], src)
             continue
-        if FENCE.match(line):
-            in_code = not in_code
         m = SNIPPET.match(line)
-        if m and (m["start"] or m["section"]):
-            target = (_line_range(m["path"], m["start"], m["end"], src) if m["start"]
-                      else _section_range(m["path"], m["section"], src))
-            line = f'{m["indent"]}{m["marker"]}"{target}"'
+        if m:
+            target = m["path"]
+            if m["start"] or m["section"]:
+                target = (_line_range(m["path"], m["start"], m["end"], src) if m["start"]
+                          else _section_range(m["path"], m["section"], src))
+                line = f'{m["indent"]}{m["marker"]}"{target}"'
+            if block is not None:
+                shown |= spoiled_exercises(target)
         img = IMAGE.match(line)
-        if img and not in_code:
+        if img and block is None:
             url = img["url"].lstrip("./")
             source = PUBLISH.get(url)
             if source and not (ROOT / source).is_file():
                 log.info("%s: %s does not exist yet, image left out", src, source)
                 continue
-        out.append(line)
-    return "\n".join(out) + "\n"
+        if FENCE.match(line):
+            if block is None:
+                block, shown = [line], set()
+                continue
+            block.append(line)
+            # Solutions are folded away: a learner opens one on purpose, not by scrolling.
+            out += _folded(block, shown) if shown else block
+            block = None
+            continue
+        (out if block is None else block).append(line)
+    return "\n".join(out + (block or [])) + "\n"
