@@ -1,22 +1,29 @@
-"""Lesson 06 in real containers: build both images, run the stack, talk to it, take it down.
+"""Lesson 06 in real containers, step by step as its README goes: the nginx image
+alone, the uWSGI image alone speaking HTTP, then the stack with Compose (build
+both images, run the stack, talk to it, take it down).
 
 Slow (minutes the first time: torch is big), so it runs only when
 WORKSHOP_ENGINE=1, which `./workshop.sh check-docker` sets: with Docker if
 it answers, otherwise with podman and local stand-in base images
 (tools/podman/). Everywhere else these checks skip, saying how to run them.
-The stack is driven by workshop/engine.py through Compose.
+The containers and the stack are driven by workshop/engine.py.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import subprocess
+import sys
 
 import pytest
+import requests
+from PIL import Image
 
-from workshop import compose, engine as engines
+from workshop import compose, engine as engines, images
 from workshop.procs import wait_for
-from workshop.stack import SMALL, assert_mask, segment, upstream_kind
+
+from checks.utils import assert_mask_through_nginx, mask_of, segment, upstream_kind
 
 ENGINE = os.environ.get("WORKSHOP_ENGINE") == "1"
 HOW_TO_RUN_ENGINE = ("the engine check builds images and runs containers (minutes the first "
@@ -26,21 +33,75 @@ HOW_TO_RUN_ENGINE = ("the engine check builds images and runs containers (minute
 
 
 @pytest.fixture(scope="module")
-def engine(lessons):
-    lesson = compose.lesson_folder(lessons)
+def lesson(lessons):
+    folder = compose.lesson_folder(lessons)
     if not ENGINE:
         pytest.skip(HOW_TO_RUN_ENGINE)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def engine(lesson):
     with engines.running(lesson) as stack:
         yield stack
 
 
 engine_check = pytest.mark.timeout(1800)
 
+# Step 2's command, as the README runs it: lesson 03's workers.ini where the
+# image has it (WORKDIR /app), with an HTTP socket on every interface of the
+# container, since a published port arrives there, not on its loopback.
+UWSGI_HTTP = ["uwsgi", "--http-socket", "0.0.0.0:5000", "--ini", "03_uwsgi/workers.ini"]
+
+
+def assert_removed(box: engines.Container) -> None:
+    assert not box.exists(), f"docker rm -f {box.name} left the container behind"
+
+    def port_closed():
+        try:
+            requests.get(box.url, timeout=2)
+        except requests.ConnectionError:
+            return True
+        return False
+
+    wait_for(port_closed, timeout=15, interval=0.5, what=f"{box.url} to stop answering after docker rm -f")
+
+
+@engine_check
+def test_engine_step1_the_nginx_image_alone_serves_its_welcome_page(lesson):
+    image = engines.base_image(lesson / "Dockerfile-nginx")
+    with engines.container("ws06-nginx-server", image, port=80) as nginx:
+        page = nginx.wait_answer("/", timeout=60)
+        assert "Welcome to nginx!" in page.text, \
+            f"{image} should serve its welcome page at /, it answered:\n{page.text[:500]}\n{nginx.logs()}"
+    assert_removed(nginx)
+
+
+@engine_check
+def test_engine_step2_the_uwsgi_image_alone_speaks_http_and_segments_the_photo(lesson, tmp_path):
+    engines.build_image(lesson, "Dockerfile-python", "inference-python")
+    # --no-healthcheck: the image's HEALTHCHECK speaks the uwsgi protocol, this uWSGI speaks HTTP
+    env = [f"--env={name}={value}" for name, value in engines.weights_env(engines.build_args()).items()]
+    with engines.container("ws06-inference-python", "inference-python", port=5000, command=UWSGI_HTTP,
+                           options=["--no-healthcheck", *env]) as app:
+        app.wait_answer("/readyz", timeout=240)
+        width, height = images.photo().size
+        assert mask_of(segment(app.url, images.photo_bytes())).shape == (height, width), \
+            f"the mask should be the photo's size, {width}x{height}\n{app.logs()}"
+        out = tmp_path / "overlay.png"
+        client = lesson.parent / "02_segmentation" / "client.py"
+        run = subprocess.run([sys.executable, str(client), "--url", app.url + "/infer", "--out", str(out)],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and "overlay written to" in run.stdout, \
+            f"lesson 02's client.py through the container failed:\n{run.stdout}{run.stderr[-2000:]}\n{app.logs()}"
+        assert Image.open(out).size == (width, height), "the overlay should be the size of the photo"
+    assert_removed(app)
+
 
 @engine_check
 def test_engine_segments_the_photo_through_the_published_port(engine):
-    r = segment(engine.url)
-    assert_mask(r)
+    r = segment(engine.url, images.photo_bytes())
+    assert_mask_through_nginx(r)
     if r.headers.get("X-Model-Weights") == "pretrained":
         assert "cat" in r.headers.get("X-Classes", ""), \
             f"the pretrained model should find the cat, found {r.headers.get('X-Classes')}"
@@ -48,7 +109,7 @@ def test_engine_segments_the_photo_through_the_published_port(engine):
 
 @engine_check
 def test_engine_round_robin_across_both_services(engine):
-    answers = [segment(engine.url, SMALL) for _ in range(20)]
+    answers = [segment(engine.url) for _ in range(20)]
     counts = collections.Counter(upstream_kind(r) for r in answers)
     assert counts == {"unix": 10, "tcp": 10}, \
         f"20 requests should alternate between uwsgi-uds and uwsgi-tcp, got {dict(counts)}\n{engine.logs()}"
@@ -88,7 +149,7 @@ def test_engine_scaling_takes_effect_after_nginx_reloads(engine):
                timeout=300)
 
     def tcp_upstreams():
-        return {r.headers["X-Upstream"] for r in (segment(engine.url, SMALL) for _ in range(12))
+        return {r.headers["X-Upstream"] for r in (segment(engine.url) for _ in range(12))
                 if upstream_kind(r) == "tcp"}
 
     before = tcp_upstreams()
