@@ -8,6 +8,29 @@ cd "$ROOT"
 
 say() { echo "[setup] $*"; }
 
+# macOS with Homebrew: the same tools under Homebrew's names. Not tested on
+# the workshop's own machines (they run Debian); the dev container is the
+# tested way on a Mac or Windows laptop.
+install_with_brew() {
+    local formulae=()
+    for pkg in "${need[@]}"; do
+        case "$pkg" in
+            nginx|curl|wrk) formulae+=("$pkg") ;;
+            npm) formulae+=(node) ;;
+            util-linux) formulae+=(util-linux) ;;   # setsid (keg-only: see below)
+            build-essential|python3-dev) say "needs a C compiler: xcode-select --install" ;;
+            python3-venv) say "needs a python3 with venv: brew install python@3.11" ;;
+            iproute2) ;;   # ss only names a port's owner in the checks' messages
+        esac
+    done
+    command -v brew >/dev/null || { echo "[setup] Please install Homebrew (brew.sh), then run this again;" \
+        "or open the repository in its dev container." >&2; exit 1; }
+    [ ${#formulae[@]} -eq 0 ] || { say "installing ${formulae[*]} with brew"; brew install "${formulae[@]}"; }
+    # Homebrew keeps util-linux's setsid off PATH; lessons/common.sh needs it.
+    [ -d "$(brew --prefix)/opt/util-linux/bin" ] && export PATH="$PATH:$(brew --prefix)/opt/util-linux/bin"
+    return 0
+}
+
 # ---- system packages ----
 need=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -33,8 +56,12 @@ if [ ${#need[@]} -gt 0 ] || [ ${#optional[@]} -gt 0 ]; then
     if [ ${#need[@]} -eq 0 ] && { ! command -v apt-get >/dev/null ||
             { [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null; }; }; then
         optional=()   # nothing required is missing: skip the nice-to-haves
+    elif ! command -v apt-get >/dev/null && [ "$(uname -s)" = Darwin ]; then
+        install_with_brew   # macOS: not tested on the workshop's own machines
+        need=() optional=()
     elif ! command -v apt-get >/dev/null; then
-        echo "[setup] Please install: ${need[*]} (this script knows apt-get only: Debian/Ubuntu)." >&2
+        echo "[setup] Please install: ${need[*]} (Debian/Ubuntu package names; this script" \
+             "knows apt-get, and Homebrew on macOS). Or open the repository in its dev container." >&2
         exit 1
     fi
     SUDO=""
@@ -59,6 +86,26 @@ fi
 export PATH="$PATH:/usr/sbin"
 
 # ---- Python ----
+# Which torch build: the CPU-only one (a few hundred MB) unless this machine
+# has an NVIDIA GPU, where PyPI's CUDA build (several GB) is the one that
+# uses it. SEG_TORCH_BUILD=cpu|cuda|pypi overrides the choice.
+CPU_INDEX=https://download.pytorch.org/whl/cpu
+torch_build() {
+    case "${SEG_TORCH_BUILD:-auto}" in
+        cpu)  echo "cpu:SEG_TORCH_BUILD=cpu" ;;
+        cuda|pypi) echo "pypi:SEG_TORCH_BUILD=${SEG_TORCH_BUILD}" ;;
+        auto)
+            if command -v nvidia-smi >/dev/null || [ -e /proc/driver/nvidia/version ]; then
+                echo "pypi:an NVIDIA GPU is here, and PyPI's build of torch is the CUDA one"
+            elif curl -fsS -o /dev/null --max-time 10 "$CPU_INDEX/torch/" 2>/dev/null; then
+                echo "cpu:no NVIDIA GPU here, so the CPU-only build (much smaller)"
+            else
+                echo "pypi:no NVIDIA GPU here, but PyTorch's CPU wheel index cannot be reached: PyPI's (CUDA) build instead, which is larger"
+            fi ;;
+        *) echo "[setup] SEG_TORCH_BUILD must be cpu, cuda or pypi, not '$SEG_TORCH_BUILD'" >&2; exit 2 ;;
+    esac
+}
+
 if [ ! -x .venv/bin/python ]; then
     say "creating the virtualenv .venv"
     python3 -m venv .venv
@@ -66,9 +113,23 @@ fi
 want=$(cat requirements.txt requirements-service.txt | sha256sum | cut -d' ' -f1)
 have=$(cat .venv/.requirements.sha256 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
-    say "installing requirements.txt into .venv (torch is large: a few minutes the first time)"
+    started=$(date +%s)
+    choice=$(torch_build)
+    build=${choice%%:*}
+    say "torch: the ${build/pypi/PyPI} build (${choice#*:})"
+    say "installing requirements.txt into .venv: the first time downloads hundreds of MB (several GB for CUDA)"
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -r requirements.txt
+    pins=$(grep -E '^(torch|torchvision)==' requirements-service.txt | cut -d' ' -f1)
+    if [ "$build" = cpu ]; then
+        # torch==2.14.1 is satisfied by the CPU index's 2.14.1+cpu.
+        # shellcheck disable=SC2086  # the pins are two words on purpose
+        .venv/bin/python -m pip install --progress-bar on --index-url "$CPU_INDEX" $pins
+    fi
+    # pip's own progress bars; what is already there is not worth a line each.
+    .venv/bin/python -m pip install --progress-bar on -r requirements.txt |
+        { grep -v '^Requirement already satisfied' || true; }
     echo "$want" > .venv/.requirements.sha256
+    say "installed in $(( $(date +%s) - started )) s"
 fi
-say "ready: $(.venv/bin/python --version), uwsgi $(.venv/bin/uwsgi --version), $(nginx -v 2>&1)"
+torch_version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("torch"))')
+say "ready: $(.venv/bin/python --version), torch $torch_version, uwsgi $(.venv/bin/uwsgi --version), $(nginx -v 2>&1)"
