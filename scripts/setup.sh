@@ -39,6 +39,13 @@ command -v wrk   >/dev/null || need+=(wrk)        # the benchmark's load generat
 command -v ss    >/dev/null || need+=(iproute2)      # "who uses this port?" in the checks' hints
 command -v setsid >/dev/null || need+=(util-linux)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+# The pinned requirements (numpy, pymdown-extensions) need Python 3.11.5 or newer.
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11, 5))' || {
+    echo "[setup] Python $(python3 -c 'import platform; print(platform.python_version())') is too old:" \
+         "the pinned requirements need 3.11.5 or newer (Debian 12 ships 3.11.2)." \
+         "Open the repository in its dev container (.devcontainer/), or put a newer python3 first on PATH." >&2
+    exit 1
+}
 # pip compiles uWSGI: it needs a C compiler and the headers of this Python.
 command -v gcc >/dev/null || need+=(build-essential)
 # The guide: npm fetches the diagram library at build time.
