@@ -41,6 +41,13 @@ def test_hadolint_finds_nothing(lesson, name):
     assert out.returncode == 0, f"hadolint {name}:\n{out.stdout}{out.stderr}"
 
 
+def test_hadolint_finds_nothing_in_the_dev_container():
+    dockerfile = ROOT / ".devcontainer" / "Dockerfile"
+    out = subprocess.run([tool("hadolint"), "--no-color", str(dockerfile)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"hadolint .devcontainer/Dockerfile:\n{out.stdout}{out.stderr}"
+
+
 def test_compose_v2_parses_the_file_without_warnings(lesson):
     out = subprocess.run([tool("docker-compose"), "-f", str(lesson / compose.COMPOSE_FILE),
                           "config", "--quiet"], capture_output=True, text=True, timeout=60)

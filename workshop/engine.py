@@ -36,6 +36,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -208,3 +209,144 @@ def running(lesson: Path):
         stack.down()
         METRICS.parent.mkdir(exist_ok=True)
         METRICS.write_text(json.dumps({**STEP_METRICS, **stack.metrics}, indent=2) + "\n")
+
+
+# ---- the dev container: .devcontainer/, used as a dev-container client uses it ----
+#
+#   config = engine.devcontainer_config()
+#   with engine.dev_container(config) as box:      # build, run, a copy of the repository mounted
+#       box.run("./workshop.sh setup", timeout=2400)
+#
+# VS Code's Dev Containers and Codespaces build the image with the context
+# devcontainer.json names, start it with the repository at
+# /workspaces/NAME, the image's command replaced by a wait (overrideCommand),
+# and run postCreateCommand and every terminal as remoteUser, in the
+# environment of that user's login shell (userEnvProbe). Here the repository
+# is a copy (the working tree's files, none of .venv, site/, run/, out/,
+# workspace*/), so the container's .venv never touches this machine's.
+
+DEVCONTAINER_JSON = ROOT / ".devcontainer" / "devcontainer.json"
+DEVCONTAINER_METRICS = ROOT / "out" / "06-devcontainer.json"
+NOT_COPIED = (".venv/", "site/", "run/", "out/", "workspace")
+
+
+def jsonc(text: str):
+    """JSON with // and /* */ comments, as devcontainer.json is written: comments inside strings stay."""
+    kept, i = [], 0
+    while i < len(text):
+        if text[i] == '"':
+            end = i + 1
+            while text[end] != '"':
+                end += 2 if text[end] == "\\" else 1
+            kept.append(text[i:end + 1])
+            i = end + 1
+        elif text.startswith("//", i):
+            i = text.find("\n", i) if "\n" in text[i:] else len(text)
+        elif text.startswith("/*", i):
+            i = text.index("*/", i) + 2
+        else:
+            kept.append(text[i])
+            i += 1
+    return json.loads("".join(kept))
+
+
+def devcontainer_config(path: Path = DEVCONTAINER_JSON) -> dict:
+    """devcontainer.json, with the paths it names made absolute: _dockerfile, _context."""
+    config = jsonc(path.read_text())
+    build = config.get("build", {})
+    config["_dockerfile"] = (path.parent / build.get("dockerfile", "Dockerfile")).resolve()
+    config["_context"] = (path.parent / build.get("context", ".")).resolve()
+    return config
+
+
+def working_tree_files(root: Path = ROOT) -> list[str]:
+    """The files a clone with the work in progress has: tracked and untracked-not-ignored, minus NOT_COPIED."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=root, capture_output=True, timeout=60)
+    assert out.returncode == 0, f"git ls-files failed in {root}: {out.stderr.decode()[-500:]}"
+    names = [n for n in out.stdout.decode().split("\0") if n and not n.startswith(NOT_COPIED)]
+    return [n for n in names if (root / n).is_file()]   # not the deleted ones
+
+
+class DevContainer:
+    """The dev container's image and one container of it, with a copy of the repository mounted."""
+
+    def __init__(self, config: dict, name: str = "ws06-devcontainer"):
+        self.config, self.name, self.image = config, name, f"localhost/{name}"
+        self.user = config.get("remoteUser") or config.get("containerUser") or "root"
+        self.workspace = f"/workspaces/{ROOT.name}"
+        self.copy = Path(tempfile.mkdtemp(prefix="ws06-devcontainer-")) / ROOT.name
+        self.metrics: dict = {}
+
+    def cli(self, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([engine_cli(), *args], capture_output=True, text=True, timeout=timeout)
+
+    def timed(self, key: str, *args, timeout: float) -> subprocess.CompletedProcess:
+        started_at = time.monotonic()
+        out = self.cli(*args, timeout=timeout)
+        self.metrics[key] = round(time.monotonic() - started_at, 1)
+        return out
+
+    def copy_repository(self) -> None:
+        for name in working_tree_files():
+            dest = self.copy / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest)
+
+    def build(self, timeout: float) -> None:
+        """`docker build` of build.dockerfile with build.context, both as devcontainer.json names them."""
+        dockerfile = self.copy / self.config["_dockerfile"].relative_to(ROOT)
+        context = self.copy / self.config["_context"].relative_to(ROOT)
+        out = self.timed("build_seconds", "build", "-f", str(dockerfile), "-t", self.image, str(context),
+                         timeout=timeout)
+        assert out.returncode == 0, f"docker build -f {dockerfile.relative_to(self.copy)} failed " \
+                                    f"({out.returncode}):\n{(out.stdout + out.stderr)[-3000:]}"
+
+    def start(self) -> None:
+        # overrideCommand: a shell that waits, as the clients start it; the repository
+        # belongs to remoteUser inside, as on a Mac or in Codespaces
+        out = self.cli("run", "-d", "--name", self.name, "-v", f"{self.copy}:{self.workspace}",
+                       "--entrypoint", "/bin/sh", self.image,
+                       "-c", 'trap "exit 0" TERM; while sleep 1 & wait $!; do :; done')
+        assert out.returncode == 0, f"docker run {self.image} failed:\n{out.stderr[-3000:]}"
+        owner = self.exec_as("root", f"chown -R {shlex.quote(self.user)}: {self.workspace}", timeout=300)
+        assert owner.returncode == 0, f"chown of {self.workspace} to {self.user} failed:\n{owner.stderr[-2000:]}"
+
+    def exec_as(self, user: str, command: str, timeout: float) -> subprocess.CompletedProcess:
+        return self.cli("exec", "-u", user, "-w", self.workspace, self.name, "bash", "-lc", command,
+                        timeout=timeout)
+
+    def run(self, command: str, timeout: float, key: str | None = None) -> subprocess.CompletedProcess:
+        """COMMAND as remoteUser in its login shell, in the workspace; timed as metrics[key]."""
+        started_at = time.monotonic()
+        out = self.exec_as(self.user, command, timeout)
+        if key:
+            self.metrics[key] = round(time.monotonic() - started_at, 1)
+        return out
+
+    def remove(self) -> None:
+        """The container (its files in the copy first: they belong to the container's user), image, copy."""
+        running = self.cli("inspect", "--format", "{{.State.Running}}", self.name).stdout.strip() == "true"
+        if running and self.copy.exists():
+            self.exec_as("root", f"find {self.workspace} -mindepth 1 -delete", timeout=600)
+        self.cli("rm", "-f", self.name, timeout=120)
+        self.cli("rmi", "-f", self.image, timeout=300)
+        shutil.rmtree(self.copy.parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def dev_container(config: dict, build_timeout: float = 1800):
+    """A built and started DevContainer; container, image and copy removed afterwards, whatever happened."""
+    for stale in Path(tempfile.gettempdir()).glob("ws06-devcontainer-*"):   # an interrupted run's
+        shutil.rmtree(stale, ignore_errors=True)
+    box = DevContainer(config)
+    box.cli("rm", "-f", box.name)
+    try:
+        box.copy_repository()
+        box.build(build_timeout)
+        box.start()
+        yield box
+    finally:
+        box.remove()
+        DEVCONTAINER_METRICS.parent.mkdir(exist_ok=True)
+        DEVCONTAINER_METRICS.write_text(json.dumps(box.metrics, indent=2) + "\n")
