@@ -34,6 +34,10 @@ STOPPED: list[tuple[str, str]] = []   # (name, last lines of its log)
 # Defaults for every server a check starts: untrained weights (no download),
 # one torch thread per process (these machines have 2 cores).
 CHECK_ENV = {"SEG_WEIGHTS": "random", "SEG_TORCH_THREADS": "1"}
+# Where lesson 07's watchers listen (Prometheus, the metrics, the exporters):
+# every lesson_server gets a free port for each, as for PORT and TCP_PORT.
+WATCHER_PORTS = ("PROMETHEUS_PORT", "METRICS_PORT1", "METRICS_PORT2", "STATS_EXPORTER_PORT",
+                 "NGINX_STATUS_PORT", "NGINX_EXPORTER_PORT")
 
 
 def base_env(extra: dict | None = None) -> dict:
@@ -72,6 +76,7 @@ def lesson_server(root: Path, lesson: str, args: list[str] | None = None,
     run_dir = run_dir or make_run_dir()
     port = free_port()
     full_env = base_env({"PORT": str(port), "TCP_PORT": str(free_port()),
+                         **{name: str(free_port()) for name in WATCHER_PORTS},
                          "RUN_DIR": str(run_dir), **(env or {})})
     server = Server(name=lesson, cmd=["bash", str(script), *(args or [])],
                     log_path=run_dir / "server.log", cwd=script.parent,
