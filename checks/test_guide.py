@@ -365,7 +365,7 @@ def test_docs_name_only_things_that_exist():
 def test_the_stale_check_catches_stale_things():
     """The check above is only worth something if it fails on a stale line."""
     page = "Run `./workshop.sh {sub}` then\n```bash\nlessons/{lesson}/run.sh\n./workshop.sh check {n}\n```\n"
-    sub, lesson, n = "frobnicate", "07_magic", "07"
+    sub, lesson, n = "frobnicate", "42_magic", "42"
     found = [p for c in instructions(page.format(sub=sub, lesson=lesson, n=n)) for _, p in stale_things(c)]
     assert any(p.startswith(f"./workshop.sh {sub} ") for p in found), found
     assert f"lessons/{lesson}/run.sh does not exist" in found, found

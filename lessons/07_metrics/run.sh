@@ -30,7 +30,8 @@ start_bg nginx nginx -p "$RUN_DIR/nginx" -c "$conf"
 # ---- the exporters: uWSGI's stats sockets and nginx's stub_status as metrics ----
 start_bg uwsgi-exporter python -m workshop.uwsgi_exporter --listen "127.0.0.1:$STATS_EXPORTER_PORT" \
     uwsgi1="$RUN_DIR/stats1.sock" uwsgi2="$RUN_DIR/stats2.sock"
-start_bg nginx-exporter prometheus-nginx-exporter -nginx.retries 20 -nginx.retry-interval 500ms \
+exporter=$(command -v prometheus-nginx-exporter || echo nginx-prometheus-exporter)  # Debian's name, or Homebrew's
+start_bg nginx-exporter "$exporter" -nginx.retries 20 -nginx.retry-interval 500ms \
     -nginx.scrape-uri "http://127.0.0.1:$NGINX_STATUS_PORT/stub_status" \
     -web.listen-address "127.0.0.1:$NGINX_EXPORTER_PORT"
 
