@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -49,3 +51,47 @@ def in_mode(img: Image.Image, mode: str) -> bytes:
         return encode(Image.fromarray(wide), "PNG")
     converted = img.convert(mode)
     return encode(converted, "TIFF" if mode == "CMYK" else "PNG")
+
+
+# The upload formats the checks fuzz, each with the options that make the
+# decoder run its real code: TIFF compressed (libtiff), WebP lossy (libwebp).
+FORMATS = {"JPEG": {"quality": 90}, "PNG": {}, "GIF": {}, "WEBP": {"quality": 80},
+           "TIFF": {"compression": "tiff_lzw"}}
+
+
+def every_format(img: Image.Image | None = None) -> dict[str, bytes]:
+    """The photo (the cat unless told) as a file of each format: {"JPEG": b"...", ...}."""
+    img = img if img is not None else photo()
+    return {fmt: encode(img, fmt, **options) for fmt, options in FORMATS.items()}
+
+
+def claiming_size(data: bytes, width: int, height: int) -> bytes:
+    """The same file with a header that claims width x height pixels (the pixels stay)."""
+    out = bytearray(data)
+    if data.startswith(b"\x89PNG"):           # IHDR: width, height, then a CRC over it
+        struct.pack_into(">II", out, 16, width, height)
+        struct.pack_into(">I", out, 29, zlib.crc32(bytes(out[12:29])))
+    elif data.startswith(b"GIF"):             # the screen, then the first frame
+        struct.pack_into("<HH", out, 6, min(width, 0xFFFF), min(height, 0xFFFF))
+        table = 3 << ((out[10] & 7) + 1) if out[10] & 0x80 else 0
+        frame = out.index(b"\x2c", 13 + table)
+        struct.pack_into("<HH", out, frame + 5, min(width, 0xFFFF), min(height, 0xFFFF))
+    elif data.startswith(b"\xff\xd8"):        # JPEG: walk the segments to the start of frame
+        pos = 2
+        while data[pos + 1] not in (0xC0, 0xC1, 0xC2):
+            pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
+        struct.pack_into(">HH", out, pos + 5, min(height, 0xFFFF), min(width, 0xFFFF))
+    elif data[8:12] == b"WEBP":               # a lossy VP8 frame: 14 bits each
+        vp8 = data.index(b"\x9d\x01\x2a") + 3
+        struct.pack_into("<HH", out, vp8, min(width, 0x3FFF), min(height, 0x3FFF))
+    elif data[:2] in (b"II", b"MM"):          # TIFF: tags 256/257 of the first IFD
+        order = "<" if data[:2] == b"II" else ">"
+        ifd = struct.unpack_from(order + "I", data, 4)[0]
+        for i in range(struct.unpack_from(order + "H", data, ifd)[0]):
+            entry = ifd + 2 + 12 * i
+            tag = struct.unpack_from(order + "H", data, entry)[0]
+            if tag in (256, 257):             # as LONGs, so they may exceed 65535
+                struct.pack_into(order + "HHII", out, entry, tag, 4, 1, width if tag == 256 else height)
+    else:
+        raise ValueError("not a JPEG, PNG, GIF, WebP or TIFF file")
+    return bytes(out)
