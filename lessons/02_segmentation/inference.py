@@ -85,6 +85,21 @@ def response_format() -> str:
     return fmt
 
 
+@app.before_request
+def chunked_upload():
+    """A body sent with Transfer-Encoding: chunked (no Content-Length up front)."""
+    env = request.environ
+    if env.get("HTTP_TRANSFER_ENCODING", "").lower() != "chunked" or env.get("wsgi.input_terminated"):
+        return None  # not chunked, or the server decodes it for us (Flask's own server does)
+    if env.get("CONTENT_LENGTH"):
+        # nginx read the whole body and passed its length on; uWSGI still hands us
+        # the client's "chunked", and Flask would then read no body at all.
+        del env["HTTP_TRANSFER_ENCODING"]
+        return None
+    # uWSGI's http-socket (lesson 03) does not decode chunked bodies.
+    return jsonify(error="chunked upload: send a Content-Length, or go through nginx"), 411
+
+
 @app.after_request
 def say_who_answered(resp):
     # Which process and which weights produced this answer: this is how you
