@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
+import socket
+import time
+from dataclasses import dataclass
+
 import requests
 
 from workshop import images
+from workshop.harness import uwsgi_stats
 from workshop.lessons import REFERENCE, import_module
 
 # A 256x256 JPEG: small enough for load runs, big enough to be a real photo.
@@ -50,3 +58,81 @@ def docs_hooks():
     hooks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hooks)
     return hooks
+
+
+@dataclass
+class RawAnswer:
+    """What a server said to raw_request: an HTTP status, or how it ended without one."""
+
+    status: int | str     # 200, 400, ...; or "no answer", "reset", "timeout"
+    headers: dict
+    body: bytes
+
+    def json_error(self) -> str:
+        """The "error" of a JSON answer, or '' if the answer is not JSON with one."""
+        if not self.headers.get("Content-Type", "").startswith("application/json"):
+            return ""
+        try:
+            return str(json.loads(self.body).get("error") or "")
+        except (ValueError, AttributeError):
+            return ""
+
+
+def raw_request(url: str, data: bytes, pieces: int = 1, pause: float = 0.0,
+                timeout: float = 60.0, hang_up: bool = False) -> RawAnswer:
+    """Send bytes as they are to an HTTP server and read its answer.
+
+    requests cannot send what a hostile client sends: headers of any size, a
+    Content-Length that lies, a chunked body byte for byte, an upload that
+    takes seconds (in `pieces`, `pause` seconds apart), a client that
+    stops sending (hang_up: it closes its side, and still listens). timeout
+    bounds every wait: a server that says nothing gives "timeout", never a hang.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        try:
+            for i in range(pieces):
+                if i:
+                    time.sleep(pause)
+                sock.sendall(data[len(data) * i // pieces:len(data) * (i + 1) // pieces])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer (or close) before it has read everything
+        if hang_up:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+        answer = http.client.HTTPResponse(sock)
+        try:
+            answer.begin()
+            return RawAnswer(answer.status, dict(answer.getheaders()), answer.read())
+        except http.client.RemoteDisconnected:
+            return RawAnswer("no answer", {}, b"")
+        except ConnectionResetError:
+            return RawAnswer("reset", {}, b"")
+        except TimeoutError:
+            return RawAnswer("timeout", {}, b"")
+
+
+def raw_post(headers: bytes = b"", body: bytes = PHOTO_256, length: int | None = None) -> bytes:
+    """The bytes of a POST /infer?format=png: headers as given, a Content-Length
+    (the body's, or `length` if it should lie; none for a chunked body), the body."""
+    if length is not None or b"Transfer-Encoding" not in headers:
+        headers += b"Content-Length: %d\r\n" % (len(body) if length is None else length)
+    return b"POST /infer?format=png HTTP/1.1\r\nHost: localhost\r\n" + headers + b"\r\n" + body
+
+
+def chunked(body: bytes, size: int = 4096) -> bytes:
+    """A body in Transfer-Encoding: chunked framing."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size])
+                    for i in range(0, len(body), size)) + b"0\r\n\r\n"
+
+
+def header_lines(total: int, line: int) -> bytes:
+    """About `total` bytes of request headers, in lines of `line` bytes."""
+    return b"".join(b"X-Big-%d: %s\r\n" % (i, b"a" * line) for i in range(total // line))
+
+
+def uwsgi_workers(server) -> dict[int, tuple[int, int, int]]:
+    """Each uWSGI worker of a lesson (by id): its pid and how often it was respawned
+    or killed by harakiri, from the stats server. Equal before and after = no worker lost."""
+    return {w["id"]: (w["pid"], w["respawn_count"], w["harakiri_count"])
+            for w in uwsgi_stats(server.run_dir / "stats.sock")["workers"]}
