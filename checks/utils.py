@@ -48,6 +48,21 @@ def mask_of(resp: requests.Response):
     return voc.mask_from_png(resp.content) if kind == "image/png" else voc.mask_from_json(resp.content)
 
 
+def uwsgi_tcp_ports(server) -> set[int]:
+    """The TCP ports that the uWSGI processes a lesson's run.sh started listen on."""
+    pids = [pid for pid in descendants(server.pid) if _comm(pid) == "uwsgi"]
+    assert pids, f"{server.name} runs no uWSGI process"
+    return listening_ports(pids)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def docs_hooks():
     """The guide's mkdocs hooks (scripts/docs/hooks.py), loaded as a module."""
     import importlib.util

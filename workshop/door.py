@@ -67,7 +67,7 @@ def parse_address(address: str) -> tuple[str, int] | str:
 
 
 def send(address: str, data: bytes, tls: bool = False, cert_dir: Path | None = None,
-         timeout: float = 10.0) -> bytes | str:
+         timeout: float = 30.0) -> bytes | str:
     """Send data to a uwsgi socket; the answer's bytes, or the error's name if there was none."""
     where = parse_address(address)
     try:
@@ -114,7 +114,7 @@ class Knock:
 
 
 def knock(address: str, tls: bool = False, cert_dir: Path | None = None,
-          timeout: float = 10.0, settle: float = 1.0) -> list[Knock]:
+          timeout: float = 30.0, settle: float = 1.0) -> list[Knock]:
     """Send both packets to address; what came back and what ran. Leaves nothing behind."""
     folder = Path(tempfile.mkdtemp(prefix="knock-"))
     try:
