@@ -27,8 +27,11 @@ UPSTREAMS = {"uwsgi1": "unix", "uwsgi2": "tcp"}   # Prometheus' label -> X-Upstr
 
 @pytest.fixture(scope="module")
 def stack(lessons):
-    # SEG_DEBUG_DELAY=1: ?delay=S keeps a request busy on purpose (lesson 03's harakiri demo).
-    with lesson_server(lessons, LESSON, env={"SEG_DEBUG_DELAY": "1"}, timeout=120) as server:
+    # Two workers per upstream (run.sh passes extra arguments to both uwsgi): the
+    # numbers of several processes must add up. SEG_DEBUG_DELAY=1: ?delay=S keeps
+    # a request busy on purpose (lesson 03's harakiri demo).
+    with lesson_server(lessons, LESSON, args=["--processes", "2"], env={"SEG_DEBUG_DELAY": "1"},
+                       timeout=120) as server:
         yield server
 
 
@@ -141,6 +144,9 @@ def test_counts_add_up_over_workers_and_upstreams(stack):
     after = counts(stack)
     assert [r.status_code for r in answers] == [200] * 40 and [r.status_code for r in bad] == [400] * 4
     served = collections.Counter(upstream_kind(r) for r in answers)
+    workers = {kind: {r.headers["X-Worker-Pid"] for r in answers if upstream_kind(r) == kind} for kind in served}
+    assert all(len(pids) == 2 for pids in workers.values()), \
+        f"both workers of each upstream should have answered some of 4 requests at a time: {workers}"
     expected = {"requests answered 200": 40, "requests answered 400": 4, "request latency observations": 44,
                 "decode stage observations": 44, "model stage observations": 40,
                 "encode stage observations": 40, "image size observations": 44}
@@ -153,6 +159,17 @@ def test_counts_add_up_over_workers_and_upstreams(stack):
             f"{upstream}'s /metrics counts {got} answers, nginx says it answered {served[kind]} " \
             f"(X-Upstream): a scrape must reach its own upstream, not the round-robin"
         assert after[upstream]["in flight"] == 0, f"{upstream} still counts {after[upstream]['in flight']} in flight"
+
+
+def test_model_built_once_per_upstream_and_named(stack):
+    for upstream in UPSTREAMS:
+        samples = scrape(stack, upstream)
+        assert total(samples, "seg_model_builds_total") == 1, \
+            f"{upstream} (two workers) reports {total(samples, 'seg_model_builds_total')} model builds: " \
+            "its master builds the model once and the workers share it"
+        info = [s.labels for s in samples if s.name == "seg_model_info" and s.value == 1]
+        assert info == [{"weights": "random", "device": "cpu", "torch_threads": "1"}], \
+            f"{upstream}'s seg_model_info says {info}"
 
 
 def test_metrics_are_not_public(stack):
@@ -177,14 +194,14 @@ def test_a_killed_worker_loses_no_count_and_leaves_nothing_in_flight(stack):
                       timeout=20, what="a request in flight in one upstream")
     stats = stack.run_dir / f"stats{busy[-1]}.sock"
     respawns = query(stack, f'uwsgi_worker_respawns_total{{upstream="{busy}"}}').get(busy, 0)
-    worker = uwsgi_stats(stats)["workers"][0]["pid"]
-    os.kill(worker, signal.SIGKILL)   # mid-request: nginx passes that request to the other upstream
+    worker = next(w for w in uwsgi_stats(stats)["workers"] if w["status"] == "busy")
+    os.kill(worker["pid"], signal.SIGKILL)   # mid-request: nginx passes that request to the other upstream
     slow.join(timeout=60)
     assert result == [200], f"the request whose worker was killed got {result}"
 
     def replaced():
-        w = uwsgi_stats(stats)["workers"][0]
-        return w["pid"] != worker and w["status"] == "idle"
+        w = next(w for w in uwsgi_stats(stats)["workers"] if w["id"] == worker["id"])
+        return w["pid"] != worker["pid"] and w["status"] == "idle"
     wait_until(replaced, timeout=60, what="uWSGI to replace the killed worker")
     answers = concurrently(lambda: segment(stack), times=10, at_once=2)
     assert [r.status_code for r in answers] == [200] * 10

@@ -21,9 +21,11 @@ once and answers, labelled upstream=NAME:
 while its pid changes. Nothing is kept between scrapes: the numbers are
 uWSGI's own counters, read when asked.
 
-Why here: no maintained uWSGI exporter is packaged for Debian or PyPI (the
-Go one, timonwong/uwsgi_exporter, would need a toolchain or a binary
-download). This one is small and uses prometheus_client's collector API.
+Why one of our own: Debian packages no uWSGI exporter, PyPI's
+`uwsgi-exporter` was last released in 2019, and the maintained one
+(timonwong/uwsgi_exporter) is a Go program that would need a Go toolchain
+or a binary download. This one is small: prometheus_client's collector API
+over the JSON that `uwsgi --connect-and-read STATS_SOCKET` prints too.
 """
 
 from __future__ import annotations

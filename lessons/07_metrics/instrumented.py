@@ -68,6 +68,7 @@ def timed(stage: str, fn):
 
 
 def counted(fn):
+    """load_model, counting the models this process builds."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         model = fn(*args, **kwargs)
