@@ -114,12 +114,12 @@ def run(out_dir: Path, quick: bool = False) -> dict:
                 if metrics == "on" and (ms := _scrape_ms(stack)) is not None:
                     scrape.append(ms)
             print(f"[metrics_overhead] metrics {metrics}: {runs[metrics][-1]}", flush=True)
-    off, on = (statistics.median(r["images_per_s"] for r in runs[k]) for k in ("off", "on"))
+    off, on = (round(statistics.median(r["images_per_s"] for r in runs[k]), 2) for k in ("off", "on"))
     result = {
         "requests_per_run": count, "at_once": AT_ONCE, "rounds": rounds,
         "off": {"lesson": STACKS["off"], "images_per_s": off, "runs": runs["off"]},
         "on": {"lesson": STACKS["on"], "images_per_s": on, "runs": runs["on"],
-               "scrape_ms": statistics.median(scrape) if scrape else None},
+               "scrape_ms": round(statistics.median(scrape), 2) if scrape else None},
         "overhead_pct": round(100 * (off - on) / off, 1),
         "per_request": _per_request_us(2000 if quick else 20000),
     }
