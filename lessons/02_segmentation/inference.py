@@ -40,7 +40,7 @@ warmed_up = False                   # has this process run the model once?
 def warm_up():
     """One small forward pass, so the first real request is not the slow one."""
     global warmed_up
-    segmentation.predict(model, Image.new("RGB", (64, 64)))
+    segmentation.predict(model, segmentation.Photo(Image.new("RGB", (64, 64))))
     warmed_up = True
 
 
@@ -62,10 +62,10 @@ def infer():
     global served
     fmt = response_format()
     started = time.perf_counter()
-    img = segmentation.decode_image(request.get_data(), MAX_PIXELS)
+    photo = segmentation.decode_image(request.get_data(), MAX_PIXELS)
     if DEBUG_DELAY and "delay" in request.args:
         time.sleep(float(request.args["delay"]))
-    mask = segmentation.predict(model, img)
+    mask = segmentation.predict(model, photo)
     body = voc.mask_to_png(mask) if fmt == "png" else voc.mask_to_json(mask)
     served += 1
     resp = Response(body, mimetype="image/png" if fmt == "png" else "application/json")
@@ -121,7 +121,7 @@ def readyz():
     if not warmed_up:
         return jsonify(status="warming up", pid=os.getpid()), 503
     return jsonify(status="ready", pid=os.getpid(), weights=model.weights,
-                   torch_threads=torch.get_num_threads(),
+                   precision=model.precision, torch_threads=torch.get_num_threads(),
                    model_builds=segmentation.builds, requests_served=served)
 
 
