@@ -5,6 +5,7 @@ guide's copy is such a picture. Both are judged by the series they carry (the PN
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 
@@ -41,15 +42,19 @@ def assert_shows_a_failover(data: dict, where: str) -> None:
     assert not any(v > 0 for v in dead), f"{where}: upstream 2 shows traffic while it was dead: {dead}"
     assert max(values(rate["uwsgi2"], ev["serving"], ev["end"] + 2), default=0) > 0, \
         f"{where}: upstream 2 shows no traffic after it came back"
-    assert min(values(rate["uwsgi1"], ev["killed"] + RATE_WINDOW, ev["serving"]), default=0) > 0, \
-        f"{where}: upstream 1 should serve all the while upstream 2 is down"
+    served = values(s["served"]["uwsgi1"], ev["killed"], ev["serving"])
+    assert served and served[-1] > served[0], \
+        f"{where}: upstream 1 should have served while upstream 2 was down: its count went {served[:1] + served[-1:]}"
     assert 0.0 in values(s["up"].get("uwsgi2", []), ev["killed"], ev["serving"]), \
         f"{where}: Prometheus' up for upstream 2 never went to 0"
     for upstream in ("uwsgi1", "uwsgi2"):
         p50, p95, p99 = (dict(map(tuple, s[q].get(upstream, []))) for q in ("p50_s", "p95_s", "p99_s"))
-        both = [t for t in p50 if t in p99 and t in p95 and t < ev["killed"]]
+        # NaN where a 5 s window saw no answer (histogram_quantile of nothing)
+        both = [t for t in p50 if t in p99 and t in p95 and t < ev["killed"]
+                and not any(math.isnan(q[t]) for q in (p50, p95, p99))]
         assert both, f"{where}: no latency percentiles for {upstream} before the kill"
-        assert all(p50[t] <= p95[t] <= p99[t] for t in both), f"{where}: p50 <= p95 <= p99 should hold"
+        wrong = [(p50[t], p95[t], p99[t]) for t in both if not p50[t] <= p95[t] <= p99[t]]
+        assert not wrong, f"{where}: p50 <= p95 <= p99 should hold for {upstream}: {wrong[:3]}"
         flight = [v for _, v in s["in_flight"].get(upstream, [])]
         assert flight and all(0 <= v <= 1 for v in flight), \
             f"{where}: {upstream} (one worker) shows {sorted(set(flight))} requests in flight"
