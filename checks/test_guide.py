@@ -523,6 +523,8 @@ NOT_MEASURED = [
     ("5.99 GB", r"image", "a container image's size (lesson 06, the podman stand-in)"),
     ("1.2 GB", r"image|build", "a container image's size (lesson 06, the podman stand-in)"),
     ("98 MB", r"nginx image", "a container image's size (lesson 06, the podman stand-in)"),
+    ("100 ms", r"netem|delay", "the latency lesson 08 adds to one link with tc netem"),
+    ("20 ms", r"netem|jitter", "the jitter lesson 08 adds to that latency"),
 ]
 
 

@@ -2,8 +2,9 @@
 
     python -m workshop.door ADDRESS [--tls] [--cert DIR]
 
-ADDRESS is 127.0.0.1:PORT (loopback only: this is a demonstration, not a
-scanner) or a unix socket's path. Two packets ask uWSGI 2.0 to load a
+ADDRESS is 127.0.0.1:PORT, an address on lesson 08's private network of
+namespaces (10.231.8.0/24), or a unix socket's path: this is a
+demonstration, not a scanner. Two packets ask uWSGI 2.0 to load a
 "dynamic app", as the uwsgi protocol allows whoever speaks it:
 
   UWSGI_FILE=exec://id -un > MARKER     uWSGI runs a shell command (to read an app's source)
@@ -35,6 +36,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# Lesson 08's network of namespaces (lessons/08_cluster/hosts.sh makes and removes it).
+LAB_NET = ipaddress.ip_network("10.231.8.0/24")
+
 # What nginx's uwsgi_params would send for `GET /readyz`: the app answers it at once.
 REQUEST = {"REQUEST_METHOD": "GET", "REQUEST_URI": "/readyz", "PATH_INFO": "/readyz",
            "QUERY_STRING": "", "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "localhost",
@@ -50,19 +54,19 @@ def packet(variables: dict[str, str], modifier1: int = 0) -> bytes:
 
 
 def parse_address(address: str) -> tuple[str, int] | str:
-    """(host, port) for a loopback TCP address, or a unix socket path; anything else is refused."""
+    """(host, port) for a loopback or LAB_NET TCP address, or a unix socket path; anything else is refused."""
     if "/" in address:
         return address
     host, _, port = address.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     ip = "127.0.0.1" if host == "localhost" else host
     try:
-        loopback = ipaddress.ip_address(ip).is_loopback
+        ours = ipaddress.ip_address(ip).is_loopback or ipaddress.ip_address(ip) in LAB_NET
     except ValueError:
-        loopback = False
-    if not loopback or not port.isdigit():
-        raise ValueError(f"{address!r}: give 127.0.0.1:PORT or a socket path (this knocks on "
-                         "this machine's own doors only)")
+        ours = False
+    if not ours or not port.isdigit():
+        raise ValueError(f"{address!r}: give 127.0.0.1:PORT, an address in {LAB_NET}, "
+                         "or a socket path (this knocks on this machine's own doors only)")
     return ip, int(port)
 
 
