@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +28,8 @@ import pytest
 import requests
 
 from workshop import netns
-from workshop.harness import LoadRun, make_run_dir, started, stop
+from workshop.harness import LoadRun, make_run_dir, started
+from workshop.harness import stop as stop_server
 from workshop.procs import free_port, running, wait_for
 
 from checks.utils import segment
@@ -48,6 +50,12 @@ def start_hosts(lessons, balance: str = ""):
     server.run_dir = run_dir
     server.wait_log("[run] ready:", timeout=240)
     return server
+
+
+def stop(server) -> None:
+    """Stop hosts.sh (it removes the network) and remove its run folder; twice is harmless."""
+    stop_server(server)
+    shutil.rmtree(server.run_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
