@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import requests
 
 from workshop import images
+from workshop.door import listening_ports
 from workshop.harness import uwsgi_stats
 from workshop.lessons import REFERENCE, import_module
+from workshop.procs import descendants
 
 # A 256x256 JPEG: small enough for load runs, big enough to be a real photo.
 PHOTO_256 = images.encode(images.photo().resize((256, 256)), "JPEG")
