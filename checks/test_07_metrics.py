@@ -46,9 +46,11 @@ def api(stack, path: str, **params) -> dict:
 
 
 def query(stack, promql: str) -> dict[str, float]:
-    """{upstream label (or ''): value} of an instant query."""
-    return {s["metric"].get("upstream", ""): float(s["value"][1])
-            for s in api(stack, "query", query=promql)["result"]}
+    """{upstream label (or ''): value} of an instant query that has one series per upstream."""
+    result = api(stack, "query", query=promql)["result"]
+    found = {s["metric"].get("upstream", ""): float(s["value"][1]) for s in result}
+    assert len(found) == len(result), f"{promql} has several series per upstream: sum them by upstream"
+    return found
 
 
 def scrape(stack, upstream: str) -> list:
@@ -168,7 +170,7 @@ def test_model_built_once_per_upstream_and_named(stack):
             f"{upstream} (two workers) reports {total(samples, 'seg_model_builds_total')} model builds: " \
             "its master builds the model once and the workers share it"
         info = [s.labels for s in samples if s.name == "seg_model_info" and s.value == 1]
-        assert info == [{"weights": "random", "device": "cpu", "torch_threads": "1"}], \
+        assert info == [{"weights": "random", "precision": "fp32", "device": "cpu", "torch_threads": "1"}], \
             f"{upstream}'s seg_model_info says {info}"
 
 
@@ -193,7 +195,8 @@ def test_a_killed_worker_loses_no_count_and_leaves_nothing_in_flight(stack):
     busy = wait_until(lambda: next((u for u, c in counts(stack).items() if c["in flight"] == 1), None),
                       timeout=20, what="a request in flight in one upstream")
     stats = stack.run_dir / f"stats{busy[-1]}.sock"
-    respawns = query(stack, f'uwsgi_worker_respawns_total{{upstream="{busy}"}}').get(busy, 0)
+    respawned = f'sum by (upstream) (uwsgi_worker_respawns_total{{upstream="{busy}"}})'
+    respawns = query(stack, respawned).get(busy, 0)
     worker = next(w for w in uwsgi_stats(stats)["workers"] if w["status"] == "busy")
     os.kill(worker["pid"], signal.SIGKILL)   # mid-request: nginx passes that request to the other upstream
     slow.join(timeout=60)
@@ -212,7 +215,7 @@ def test_a_killed_worker_loses_no_count_and_leaves_nothing_in_flight(stack):
     assert after[busy]["in flight"] == 0, \
         f"the worker killed mid-request still counts as {after[busy]['in flight']} request in flight: " \
         "the live gauges of a dead process must be dropped (multiprocess.mark_process_dead)"
-    wait_until(lambda: query(stack, f'uwsgi_worker_respawns_total{{upstream="{busy}"}}').get(busy, 0) > respawns,
+    wait_until(lambda: query(stack, respawned).get(busy, 0) > respawns,
                timeout=20, what="the uWSGI exporter to count the respawn")
 
 

@@ -49,7 +49,7 @@ IMAGE_BYTES = Histogram("seg_image_bytes", "Size of the images POSTed to /infer.
 IN_FLIGHT = Gauge("seg_requests_in_flight", "Requests being answered right now.",
                   multiprocess_mode="livesum")
 MODEL = Gauge("seg_model_info", "The model served (always 1: the labels say which).",
-              ["weights", "device", "torch_threads"], multiprocess_mode="livemax")
+              ["weights", "precision", "device", "torch_threads"], multiprocess_mode="livemax")
 BUILDS = Counter("seg_model_builds_total", "Models built. One per upstream: the master builds "
                  "it, the workers share it (lesson 03).")
 
@@ -136,7 +136,7 @@ def forget_dead_processes():
 
 
 model = inference.model
-MODEL.labels(model.weights, str(next(model.net.parameters()).device), str(torch.get_num_threads())).set(1)
+MODEL.labels(model.weights, model.precision, segmentation.DEVICE, str(torch.get_num_threads())).set(1)
 
 app = inference.app
 app.wsgi_app = measured(app.wsgi_app)   # Flask's way to add WSGI middleware
