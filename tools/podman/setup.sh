@@ -245,15 +245,22 @@ mkdir -p "$B/python/cpython"
 cpython=$(find_cpython)
 if [ -n "$cpython" ]; then
     prefix=$("$cpython" -c 'import sys; print(sys.prefix)')
-    # what the official image keeps (no tests, no .pyc, no static libpython;
-    # no _tkinter: slim has no Tk either); fixed order and dates, so the
-    # recipe hash changes only with the interpreter
-    (cd "$prefix" && tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
-        --exclude=__pycache__ --exclude='*.pyc' --exclude=test --exclude=tests --exclude=idle_test \
-        --exclude='libpython*.a' --exclude='_tkinter*' --exclude='lib/python3.11/site-packages/*' \
-        -cf "$B/python/cpython/cpython.tar" \
-        bin/python3.11 bin/python3.11-config lib/libpython3.11.so* lib/python3.11 include/python3.11 \
-        lib/pkgconfig/python*) || die "could not pack the CPython in $prefix"
+    # Packed once per interpreter (kept in $STATE while its binary and
+    # libpython stay the same): what the official image keeps (no tests, no
+    # .pyc, no static libpython; no _tkinter: slim has no Tk either), in a
+    # fixed order with fixed dates, so the recipe hash changes only with it.
+    stamp="$prefix $(stat -L -c '%s %Y' "$cpython" "$prefix"/lib/libpython3.11.so* | tr '\n' ' ')"
+    if [ "$REBUILD" = 1 ] || [ ! -s "$STATE/cpython.tar" ] || [ "$(cat "$STATE/cpython.stamp" 2>/dev/null)" != "$stamp" ]; then
+        (cd "$prefix" && tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
+            --exclude=__pycache__ --exclude='*.pyc' --exclude=test --exclude=tests --exclude=idle_test \
+            --exclude='libpython*.a' --exclude='_tkinter*' --exclude='lib/python3.11/site-packages/*' \
+            -cf "$STATE/cpython.tar.new" \
+            bin/python3.11 bin/python3.11-config lib/libpython3.11.so* lib/python3.11 include/python3.11 \
+            lib/pkgconfig/python*) || die "could not pack the CPython in $prefix"
+        mv "$STATE/cpython.tar.new" "$STATE/cpython.tar"
+        echo "$stamp" > "$STATE/cpython.stamp"
+    fi
+    ln -f "$STATE/cpython.tar" "$B/python/cpython/cpython.tar"
     echo "$prefix" > "$B/python/cpython/prefix"
     log "python stand-in's interpreter: CPython $("$cpython" -c 'import platform; print(platform.python_version())') from $prefix"
 else
