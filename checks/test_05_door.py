@@ -11,14 +11,19 @@ and neither upstream loads a second app (max-apps = 1).
 import collections
 import os
 import pwd
+import re
 import shutil
+import signal
 import stat
 import subprocess
+import threading
+import time
 
 import pytest
+import requests
 
 from workshop import certs, door
-from workshop.harness import lesson_server, make_run_dir, started, stop
+from workshop.harness import lesson_server, make_run_dir, started, stop, uwsgi_stats
 from workshop.lessons import ROOT
 from workshop.procs import free_port
 
@@ -30,8 +35,9 @@ ME = pwd.getpwuid(os.getuid()).pw_name
 
 @pytest.fixture(scope="module")
 def stack(lessons):
-    # Sockets as deep as in a checkout (run/05_multi_upstream/...): uWSGI's TLS
-    # works differently for a socket name over 32 bytes (upstream.conf.template).
+    # Sockets as deep as in a checkout (run/05_multi_upstream/...): uWSGI files
+    # TLS sessions under the socket's name, and OpenSSL takes 32 bytes of it at
+    # most. (With `ssl-socket` on such a path, every resumed session is refused.)
     top = make_run_dir()
     run_dir = top / "run" / LESSON
     run_dir.mkdir(parents=True)
@@ -95,6 +101,43 @@ def test_the_unix_socket_is_660_and_locked_too(stack):
     assert mode == 0o660, f"{sock.name} has mode {oct(mode)}: chmod-socket = 660, for nginx's group"
     assert_locked(str(sock))
     assert_locked(str(sock), tls=True)
+
+
+def test_behind_the_tcp_door_the_workers_socket_is_this_users_only(stack):
+    # The sslrouter passes requests on in plain uwsgi: that socket must be no door of its own.
+    sock = stack.run_dir / "workers2.sock"
+    mode = stat.S_IMODE(sock.stat().st_mode)
+    assert stat.S_ISSOCK(sock.stat().st_mode) and mode == 0o600, \
+        f"{sock.name} has mode {oct(mode)}: only uWSGI's own user may open it (chmod-socket = 600)"
+
+
+def test_a_busy_worker_is_waited_for_not_taken_for_dead(stack):
+    """The router does the TLS handshake, so nginx connects at once even while every worker is
+    busy: the request then waits within the read timeout, not the connect timeout (which is
+    for dead servers). Workers doing the handshake themselves (`ssl-socket`) fail this."""
+    site = (stack.run_dir / "nginx" / "conf.d" / "inference.conf").read_text()
+    connect_timeout = int(re.search(r"uwsgi_connect_timeout (\d+)s;", site)[1])
+    workers = [w["pid"] for stats in ("stats1.sock", "stats2.sock")
+               for w in uwsgi_stats(stack.run_dir / stats)["workers"]]
+    answers = []
+    # Two at once: round-robin gives each upstream one.
+    asking = [threading.Thread(target=lambda: answers.append(
+        requests.get(stack.url + "/readyz", timeout=connect_timeout + 60))) for _ in range(2)]
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)   # every worker busy, longer than nginx waits to connect
+    try:
+        for thread in asking:
+            thread.start()
+        time.sleep(connect_timeout + 2)
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    for thread in asking:
+        thread.join()
+    seen = [(r.status_code, r.headers.get("X-Upstream")) for r in answers]
+    assert {upstream_kind(r) for r in answers} == {"unix", "tcp"} and \
+        all(status == 200 and "," not in upstream for status, upstream in seen), \
+        f"nginx gave up on a busy upstream after its {connect_timeout} s connect timeout: {seen}"
 
 
 def test_even_nginxs_certificate_loads_no_second_app(stack):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import requests
 
 from workshop import images
-from workshop.door import listening_ports
 from workshop.harness import uwsgi_stats
+from workshop.door import listening_ports
 from workshop.lessons import REFERENCE, import_module
 from workshop.procs import descendants
 
@@ -153,3 +153,19 @@ def uwsgi_workers(server) -> dict[int, tuple[int, int, int]]:
     or killed by harakiri, from the stats server. Equal before and after = no worker lost."""
     return {w["id"]: (w["pid"], w["respawn_count"], w["harakiri_count"])
             for w in uwsgi_stats(server.run_dir / "stats.sock")["workers"]}
+
+
+def busy_workers(server, stats: str = "stats.sock") -> int:
+    """How many of a uWSGI server's workers are serving a request right now (0 if it is gone)."""
+    try:
+        return sum(w["status"] == "busy" for w in uwsgi_stats(server.run_dir / stats)["workers"])
+    except OSError:
+        return 0
+
+
+def outcome(server, **params) -> int | str:
+    """segment()'s status code, or "connection cut" when the server closed it without an answer."""
+    try:
+        return segment(server, **params).status_code
+    except requests.ConnectionError:
+        return "connection cut"

@@ -94,8 +94,10 @@ def send(address: str, data: bytes, tls: bool = False, cert_dir: Path | None = N
             while chunk := sock.recv(65536):
                 answer += chunk
             return answer or "EOF"  # closed without a word
-    except (OSError, ssl.SSLError) as exc:
-        # A TLS socket that refuses the handshake may answer by closing or resetting.
+    except ssl.SSLError:
+        # A refused handshake: an alert or a closed connection, whichever the server sent first.
+        return "SSLError"
+    except OSError as exc:
         return type(exc).__name__
 
 
