@@ -3,11 +3,12 @@
     python -m bench.soak              2,400 requests (several minutes on 2 cores)
     python -m bench.soak --quick      400 requests
     python -m bench.soak --out DIR    write soak.json and soak.png there (default: bench/results)
+    python -m bench.soak --report     figures and chart again from bench/results/soak.json
 
 Lesson 05 (two uWSGI servers, one worker each, nginx in front) started with
 its own run.sh, with `--max-requests` low enough that every worker is
 recycled a few times during the run. A steady load (a few requests at a
-time) runs meanwhile; every half second both stats servers are read: the
+time) runs meanwhile; every second both stats servers are read: the
 pid, RSS and request count of every worker. A new pid in a worker's slot is
 a recycle, marked on the chart. What counts: the RSS each worker grows by
 per request (is there a leak to recycle away?), and that no request fails
@@ -47,7 +48,7 @@ def settings(quick: bool) -> dict:
         "at_once": 4,
         # About three recycles per worker: each of the two workers serves half.
         "max_requests": requests_total // 2 // 4,
-        "sample_every_s": 0.5,
+        "sample_every_s": 0.5 if quick else 1.0,
         "max_seconds": 300 if quick else 1500,
     }
 
@@ -103,7 +104,7 @@ def recycles(samples: list[dict], max_requests: int, reload_on_rss_mb: float | N
         slot = (s["upstream"], s["worker"])
         before = last.get(slot)
         if before and before["pid"] != s["pid"]:
-            if before["requests"] >= max_requests - 1:
+            if before["requests"] >= 0.9 * max_requests:   # sampled: the last few may be missed
                 why = "max-requests"
             elif reload_on_rss_mb and before["rss_mb"] >= reload_on_rss_mb * 0.95:
                 why = "reload-on-rss"
@@ -116,24 +117,43 @@ def recycles(samples: list[dict], max_requests: int, reload_on_rss_mb: float | N
     return found
 
 
+def slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x."""
+    n = len(points)
+    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    var = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / var if var else 0.0
+
+
 def growth(samples: list[dict]) -> list[dict]:
-    """Per worker process: RSS after its first requests, at its end, and MB per 100 requests."""
+    """Per worker process: its RSS from its first answered request on, and the trend per 100 requests."""
     by_pid: dict[int, list[dict]] = collections.defaultdict(list)
     for s in samples:
         by_pid[s["pid"]].append(s)
     rows = []
     for pid, seen in by_pid.items():
-        # From its first answered request on (uWSGI measures RSS after each request; torch's buffers are in).
+        # uWSGI measures RSS after each request: 0 until the first one.
         served = [s for s in seen if s["requests"] >= 1 and s["rss_mb"] > 0]
-        if len(served) < 2 or served[-1]["requests"] == served[0]["requests"]:
+        if len({s["requests"] for s in served}) < 3:
             continue
-        first, last = served[0], served[-1]
-        n = last["requests"] - first["requests"]
-        rows.append({"upstream": first["upstream"], "pid": pid, "requests": n,
-                     "rss_first_mb": first["rss_mb"], "rss_last_mb": last["rss_mb"],
-                     "rss_max_mb": max(s["rss_mb"] for s in served),
-                     "mb_per_100_requests": round((last["rss_mb"] - first["rss_mb"]) * 100 / n, 2)})
+        rss = [s["rss_mb"] for s in served]
+        rows.append({"upstream": served[0]["upstream"], "pid": pid,
+                     "requests": served[-1]["requests"] - served[0]["requests"],
+                     "rss_first_mb": rss[0], "rss_last_mb": rss[-1], "rss_min_mb": min(rss), "rss_max_mb": max(rss),
+                     "trend_mb_per_100_requests": round(100 * slope([(s["requests"], s["rss_mb"]) for s in served]), 2)})
     return rows
+
+
+def derived(result: dict) -> dict:
+    """What the samples say, added to result: recycles, each process's RSS and its trend."""
+    result["recycles"] = recycles(result["samples"], result["max_requests"], result["reload_on_rss_mb"])
+    result["growth"] = growth(result["samples"])
+    rows = [g for g in result["growth"] if g["requests"] >= 20]
+    result["rss_min_mb"] = min((g["rss_min_mb"] for g in rows), default=None)
+    result["rss_max_mb"] = max((g["rss_max_mb"] for g in rows), default=None)
+    trends = [abs(g["trend_mb_per_100_requests"]) for g in rows]
+    result["trend_mb_per_100_requests_max_abs"] = max(trends) if trends else None
+    return result
 
 
 def chart(result: dict, path: Path) -> None:
@@ -162,7 +182,7 @@ def chart(result: dict, path: Path) -> None:
     ax.set_ylabel("worker RSS (MiB)")
     ax.set_title(f"Lesson 05, {result['requests']} requests, {result['at_once']} at a time: "
                  f"{result['failed']} failed, {len(result['recycles'])} recycles")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -203,16 +223,15 @@ def run(out_dir: Path, quick: bool = False, lessons: Path = REFERENCE) -> dict:
         "failed": sum(n for o, n in outcomes.items() if o != "200") + cfg["requests"] - len(load.outcomes),
         "load_s": round(load_s, 1),
         "requests_per_s": round(len(load.outcomes) / load_s, 2) if load_s else None,
-        "recycles": recycles(samples, cfg["max_requests"], float(rss_limit) if rss_limit else None),
-        "growth": growth(samples),
         "samples": samples,
         "meta": {"quick": quick, "cores": os.cpu_count(), "loadavg_after": list(os.getloadavg()),
                  "duration_s": round(time.monotonic() - t0, 1),
                  "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }
-    rates = [g["mb_per_100_requests"] for g in result["growth"] if g["requests"] >= 20]
-    result["mb_per_100_requests_max"] = max(rates) if rates else None
-    result["rss_max_mb"] = max((s["rss_mb"] for s in samples), default=None)
+    return write(derived(result), out_dir)
+
+
+def write(result: dict, out_dir: Path) -> dict:
     (out_dir / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
     chart(result, out_dir / "soak.png")
     return result
@@ -223,11 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="400 requests instead of 2,400")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where soak.json and soak.png go")
     parser.add_argument("--lessons", type=Path, default=REFERENCE, help="the lessons to run (default: lessons/)")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: derive the figures and the chart again from OUT/soak.json")
     opts = parser.parse_args(argv)
-    result = run(opts.out, quick=opts.quick, lessons=opts.lessons)
+    if opts.report:
+        result = write(derived(json.loads((opts.out / "soak.json").read_text())), opts.out)
+    else:
+        result = run(opts.out, quick=opts.quick, lessons=opts.lessons)
     print(f"{result['answered']}/{result['requests']} answered, {result['failed']} failed, "
-          f"{len(result['recycles'])} recycles, RSS max {result['rss_max_mb']} MiB, "
-          f"growth up to {result['mb_per_100_requests_max']} MiB per 100 requests -> {opts.out / 'soak.json'}")
+          f"{len(result['recycles'])} recycles, worker RSS {result['rss_min_mb']}-{result['rss_max_mb']} MiB, "
+          f"trend at most {result['trend_mb_per_100_requests_max_abs']} MiB per 100 requests "
+          f"-> {opts.out / 'soak.json'}")
     return 0 if result["failed"] == 0 else 1
 
 
