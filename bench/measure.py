@@ -234,6 +234,12 @@ def _cpu_ticks() -> dict[int, tuple[str, int]]:
     return out
 
 
+def cpu_seconds(pids) -> float:
+    """The CPU time the processes pids have used so far."""
+    ticks = _cpu_ticks()
+    return sum(ticks[pid][1] for pid in pids if pid in ticks) / CLK_TCK
+
+
 def _busy_ticks() -> int:
     user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, _read("/proc/stat").split()[1:9])
     return user + nice + system + irq + softirq + steal

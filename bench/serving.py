@@ -10,7 +10,7 @@ import time
 
 import requests
 
-from bench.measure import Context, load, log, memory_of, unloaded, uwsgi_instances, wait_workers
+from bench.measure import Context, cpu_seconds, load, log, memory_of, unloaded, uwsgi_instances, wait_workers
 from workshop.harness import concurrently, lesson_server
 from workshop.procs import wait_for
 
@@ -62,18 +62,22 @@ def _after_fork(ctx: Context, srv) -> dict:
 
     def one():
         try:
-            r = requests.post(srv.url + PNG, data=ctx.body,
-                              timeout=max(1.0, forked_at + ctx.hang_timeout - time.monotonic()))
+            r = requests.post(srv.url + PNG, data=ctx.body, timeout=ctx.hang_timeout)
             return int(r.headers.get("X-Worker-Pid", 0)) if r.ok else None
         except requests.RequestException:
             return None
-    # Every worker slot must answer: a worker recycled meanwhile (a new pid) counts once.
-    while time.monotonic() < forked_at + ctx.hang_timeout and len(first) < ctx.cores:
+    # Every worker slot must answer: a worker recycled meanwhile (a new pid) counts once. A silent
+    # worker that keeps using the CPU is still starting (a busy machine): hung ones sit idle.
+    working, used = True, 0.0
+    while len(first) < ctx.cores and (time.monotonic() < forked_at + ctx.hang_timeout or working) \
+            and time.monotonic() < forked_at + 6 * ctx.hang_timeout:
         pids = {w["pid"] for w in workers()}
         answered = [pid for pid in concurrently(one, ctx.cores, ctx.cores) if pid]
         for pid in answered:
             first.setdefault(pid, round(time.monotonic() - forked_at, 2))
-        time.sleep(0 if answered else 0.2)
+        time.sleep(0 if answered else 0.5)
+        used, before = cpu_seconds(pids - set(first)), used
+        working = used - before > 0.1
     silent = sorted(pids - set(first)) if len(first) < ctx.cores else []
     row = {"result": "hang" if silent else "ok", "workers_answered": min(len(first), ctx.cores),
            "first_answer_after_fork_s": sorted(first.values()), "memory": memory_of(srv.pid, srv.run_dir)}
