@@ -79,7 +79,9 @@ def lesson_server(root: Path, lesson: str, args: list[str] | None = None,
     own_dir = run_dir is None
     run_dir = run_dir or make_run_dir()
     port = free_port()
-    full_env = base_env({"PORT": str(port), "TCP_PORT": str(free_port()),
+    # TCP_HOST too: a process started again outside run.sh (a check's restart)
+    # must bind where run.sh's did, never an empty host (every address).
+    full_env = base_env({"PORT": str(port), "TCP_HOST": "127.0.0.1", "TCP_PORT": str(free_port()),
                          **{name: str(free_port()) for name in WATCHER_PORTS},
                          "RUN_DIR": str(run_dir), **(env or {})})
     server = Server(name=lesson, cmd=["bash", str(script), *(args or [])],

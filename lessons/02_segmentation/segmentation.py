@@ -36,6 +36,10 @@ DEVICE = "cpu"
 # CPU has it. bf16 is faster but not the same arithmetic: a few pixels near a
 # tie between two classes change (the guide measures how many).
 PRECISIONS = ("fp32", "bf16")
+# The model scales the shorter side up to MODEL_SIDE: a 20000 x 2 strip of a
+# few hundred bytes would become 5,200,000 x 520 pixels (gigabytes). Sides
+# further apart than this are refused; a wide panorama is about 4:1.
+MAX_ASPECT = 10
 
 
 class BadImage(ValueError):
@@ -157,6 +161,9 @@ def decode_image(data: bytes, max_pixels: int) -> Photo:
         if img.width * img.height > max_pixels:
             raise ImageTooLarge(f"image is {img.width}x{img.height} pixels; "
                                 f"the limit is {max_pixels} pixels")
+        if max(img.size) > MAX_ASPECT * min(img.size):
+            raise BadImage(f"image is {img.width}x{img.height} pixels; sides more than "
+                           f"{MAX_ASPECT}:1 apart are refused")
         size = img.size
         # The model sees MODEL_SIDE pixels on the shorter side, whatever the
         # upload. A JPEG can be decoded straight at 1/2, 1/4 or 1/8 of its
