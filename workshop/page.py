@@ -5,9 +5,10 @@ this. The screenshot, from the repository root:
 
   .venv/bin/python -m workshop.page docs/assets/page.png
 
-starts lesson 05 (with the weights it finds: pretrained where they are
-cached, else untrained, and the page says so), uploads the cat twice (both
-upstreams answer) and saves the page.
+starts lesson 04 (with the weights it finds: pretrained where they are
+cached, else untrained, and the page says so), uploads the cat twice and
+saves the page. (Lesson 04, not 05: lesson 05's TLS router cannot yet take
+an upload over 16 KB, see checks/test_05_page.py.)
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def visit(browser, url: str, width: int = 1000, height: int = 900):
 
 
 def screenshot(out: Path, lessons: Path | None = None) -> Path:
-    """Lesson 05 running, the cat uploaded twice, the page saved as a PNG."""
+    """Lesson 04 running, the cat uploaded twice, the page saved as a PNG."""
     from . import images
     from .harness import lesson_server
     from .lessons import REFERENCE
@@ -111,7 +112,7 @@ def screenshot(out: Path, lessons: Path | None = None) -> Path:
     if executable is None:
         raise SystemExit("chromium is not installed (Debian: apt-get install chromium)")
     photo = images.photo_bytes()
-    with lesson_server(lessons or REFERENCE, "05_multi_upstream") as server, browser(executable) as b:
+    with lesson_server(lessons or REFERENCE, "04_nginx") as server, browser(executable) as b:
         with visit(b, server.url + "/") as seen:
             seen.upload("chelsea.jpg", photo)
             seen.upload("chelsea.jpg", photo)
