@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 
-from workshop import images, nginx
+from workshop import images, nginx, static_rate
 from workshop.harness import lesson_server
 from workshop.lessons import ROOT
 from workshop.procs import wait_for
@@ -140,6 +140,13 @@ def test_the_apps_paths_still_go_to_uwsgi(stack, path):
     assert r.status_code == 200 and r.headers.get("X-Upstream", "").startswith("unix:"), \
         f"GET {path}: {r.status_code} {r.headers}"
     assert "Content-Security-Policy" not in r.headers, "the page's headers belong to the page's location"
+
+
+@pytest.mark.skipif(not shutil.which("wrk"), reason="wrk is not installed (./workshop.sh setup installs it)")
+def test_static_rate_measures_the_page_and_the_echo_app(lessons):
+    # The README's command, short: it runs, and both sides answer only 2xx (wrk's count, else it raises).
+    rates = static_rate.measure(seconds=1, lessons=lessons)
+    assert rates["static"] > 0 and rates["echo"] > 0, rates
 
 
 def test_socket_is_shared_through_a_group_not_the_world(stack):
