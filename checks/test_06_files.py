@@ -108,8 +108,10 @@ def test_dockerfiles_keep_their_promises(lesson):
     assert len(ngx) == 1 and re.fullmatch(r"nginx:1\.\d+(\.\d+)?", ngx[0][0][1]), \
         "Dockerfile-nginx: FROM a pinned official nginx, e.g. nginx:1.27"
     dests = {dest for _, dest in copy_lines(ngx[0])}
-    assert dests == {"/etc/nginx/templates/"}, \
-        "the templates go to /etc/nginx/templates/: the image renders them at start"
+    page = compose.config(lesson / compose.COMPOSE_FILE)["services"]["nginx"]["environment"]["STATIC_ROOT"]
+    assert dests == {"/etc/nginx/templates/", page.rstrip("/") + "/"}, \
+        "the templates go to /etc/nginx/templates/ (the image renders them at start), " \
+        f"the page to STATIC_ROOT ({page}), nowhere else"
 
 
 def test_images_use_the_lessons_own_files(lesson):
@@ -123,7 +125,12 @@ def test_images_use_the_lessons_own_files(lesson):
                    "lessons/05_multi_upstream/inference2.ini"):
         assert needed in sources, f"Dockerfile-python should COPY {needed}, the lesson's own file"
     ngx = Image(lesson / "Dockerfile-nginx", context)
-    assert {p.name for p in ngx.files.values()} == {"inference.conf.template", "upstream.conf.template"}
+    templates = {p.name for dest, p in ngx.files.items() if dest.startswith("/etc/nginx/templates/")}
+    assert templates == {"inference.conf.template", "upstream.conf.template"}
+    page = {p.relative_to(ROOT).as_posix() for dest, p in ngx.files.items()
+            if not dest.startswith("/etc/nginx/templates/")}
+    static = {p.relative_to(ROOT).as_posix() for p in (ROOT / "lessons/04_nginx/static").rglob("*") if p.is_file()}
+    assert page == static, "Dockerfile-nginx should COPY lesson 04's page, lessons/04_nginx/static/, and only it"
 
 
 # Docker's .dockerignore rules, as moby's patternmatcher applies them (see workshop/dockerignore.py).

@@ -22,7 +22,7 @@ conf=$(render_nginx ../04_nginx/inference.conf.template ../05_multi_upstream/ups
     status.conf.template \
     LISTEN="127.0.0.1:$PORT" SERVER_NAME=localhost UPSTREAM=suwsgi://uwsgi_cluster \
     UDS_UPSTREAM="unix:$RUN_DIR/inference1.sock" TCP_UPSTREAM="$TCP_HOST:$TCP_PORT" \
-    STATUS_PORT="$NGINX_STATUS_PORT")
+    STATUS_PORT="$NGINX_STATUS_PORT" STATIC_ROOT="$(dirname "$LESSON_DIR")/04_nginx/static")
 ln -sfn ../tls "$RUN_DIR/nginx/tls"   # as lesson 05: nginx's certificate next to its nginx.conf
 nginx -t -q -p "$RUN_DIR/nginx" -c "$conf"
 start_bg nginx nginx -p "$RUN_DIR/nginx" -c "$conf"

@@ -75,7 +75,8 @@ done
 conf=$(render_nginx ../04_nginx/inference.conf.template hosts.conf.template \
     LISTEN="127.0.0.1:$PORT" SERVER_NAME=localhost UPSTREAM=suwsgi://uwsgi_cluster \
     BALANCE="${BALANCE:+$BALANCE;}" UDS_UPSTREAM="unix:$RUN_DIR/inference1.sock" \
-    H2_UPSTREAM="${upstreams[0]}" H3_UPSTREAM="${upstreams[1]}")
+    H2_UPSTREAM="${upstreams[0]}" H3_UPSTREAM="${upstreams[1]}" \
+    STATIC_ROOT="$(dirname "$LESSON_DIR")/04_nginx/static")
 ln -sfn ../tls "$RUN_DIR/nginx/tls"
 nginx -t -q -p "$RUN_DIR/nginx" -c "$conf"
 start_bg nginx nginx -p "$RUN_DIR/nginx" -c "$conf"; started
