@@ -123,9 +123,7 @@ def test_a_text_file_shows_the_servers_json_error(visit, stack):
     assert not others, others
 
 
-# Last in this file: the crash takes both upstreams out of the pool for fail_timeout (10 s).
-@pytest.mark.xfail(strict=True, reason="lesson 05's uWSGI sslrouter segfaults on a request body longer than one "
-                   "TLS record (16 KB): both upstreams answer 502, so the page works there only for small photos")
 def test_an_ordinary_photo_through_lesson_05s_tls(visit):
+    # Many TLS records between nginx and uWSGI, not one (16 KB).
     visit.upload("chelsea.jpg", images.photo_bytes())   # 451x300, 38 KB
     assert not visit.page.is_visible("#error"), visit.page.inner_text("#error")
