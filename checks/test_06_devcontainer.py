@@ -45,6 +45,8 @@ def config() -> dict:
 def test_devcontainer_json_reader_keeps_what_only_looks_like_a_comment():
     text = '{\n  // a comment\n  "url": "http://127.0.0.1:8000//x", /* another */ "q": "a\\"//b"\n}\n'
     assert engines.jsonc(text) == {"url": "http://127.0.0.1:8000//x", "q": 'a"//b'}
+    # VS Code also takes trailing commas; a comma before a bracket inside a string stays.
+    assert engines.jsonc('{"a": [1, 2,], "b": ",}", // x\n}') == {"a": [1, 2], "b": ",}"}
 
 
 def test_devcontainer_json_builds_the_dockerfile_and_forwards_both_ports(config):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -231,14 +232,16 @@ NOT_COPIED = (".venv/", "site/", "run/", "out/", "workspace")
 
 
 def jsonc(text: str):
-    """JSON with // and /* */ comments, as devcontainer.json is written: comments inside strings stay."""
-    kept, i = [], 0
+    """JSON with // and /* */ comments and trailing commas, as VS Code reads devcontainer.json:
+    what only looks like a comment or a comma inside a string stays."""
+    kept, strings, i = [], [], 0
     while i < len(text):
         if text[i] == '"':
             end = i + 1
             while text[end] != '"':
                 end += 2 if text[end] == "\\" else 1
-            kept.append(text[i:end + 1])
+            strings.append(text[i:end + 1])
+            kept.append("\0")   # the strings go back in after the commas are gone
             i = end + 1
         elif text.startswith("//", i):
             i = text.find("\n", i) if "\n" in text[i:] else len(text)
@@ -247,7 +250,9 @@ def jsonc(text: str):
         else:
             kept.append(text[i])
             i += 1
-    return json.loads("".join(kept))
+    bare = re.sub(r",(\s*[}\]])", r"\1", "".join(kept))
+    parts = bare.split("\0")
+    return json.loads("".join(p + (strings[n] if n < len(strings) else "") for n, p in enumerate(parts)))
 
 
 def devcontainer_config(path: Path = DEVCONTAINER_JSON) -> dict:
