@@ -143,6 +143,10 @@ def to_device(model: Model, device: str) -> Model:
     """Move the network to `device`. On a GPU this initialises CUDA: under
     uWSGI it runs in each worker, after the fork, never in the master."""
     if device != model.device:
+        if device.startswith("cuda") and model.precision == "fp32":
+            # fp32 means fp32 here too: cuDNN would run the convolutions in
+            # TF32 (a shorter mantissa, faster), and pixels near a tie would flip.
+            torch.backends.cudnn.conv.fp32_precision = "ieee"
         try:
             model.net.to(device)
         except Exception as exc:  # the driver said yes, CUDA itself says no
