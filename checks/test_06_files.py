@@ -81,7 +81,10 @@ def test_gpu_variant_asks_for_the_gpu_and_changes_nothing_else(lesson):
         assert service["image"] != cpu[name]["image"], f"{name}: a tag of its own, so the CPU image stays"
         assert service["environment"].get("SEG_DEVICE") == "cuda", \
             f"{name}: SEG_DEVICE=cuda, so that a missing GPU stops the start instead of serving on the CPU"
-        assert {k: v for k, v in service["environment"].items() if k != "SEG_DEVICE"} == cpu[name]["environment"]
+        assert "compute" in service["environment"].get("NVIDIA_DRIVER_CAPABILITIES", ""), \
+            f"{name}: the container needs the driver's CUDA (NVIDIA_DRIVER_CAPABILITIES=compute,utility)"
+        assert {k: v for k, v in service["environment"].items()
+                if k not in ("SEG_DEVICE", "NVIDIA_DRIVER_CAPABILITIES")} == cpu[name]["environment"]
         devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
         assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices), \
             f"{name}: ask for the GPU (deploy.resources.reservations.devices: driver nvidia, capabilities [gpu])"
