@@ -139,6 +139,14 @@ def markdown(res: dict) -> str:
           f"{r.get('workers_answered', 0)}/{r['workers']}",
           ", ".join(f"{x:.1f}" for x in r.get("first_answer_after_fork_s", [])) or "–",
           mem(r, "app_pss_mb_total"), mem(r, "pss_mb_per_worker")] for r in rows_of(st, "lesson03_fork")])
+    gpu = rows_of(st, "lesson03_gpu")
+    if isinstance(gpu, dict) and "skipped" in gpu:
+        out += [f"Lesson 03 on a GPU: skipped: {gpu['skipped']}.", ""]
+    elif gpu:
+        out += table("Lesson 03 on a GPU (SEG_DEVICE=cuda)", [
+            "GPU", "workers:", "images/s:", "p50 ms:", "p99 ms:", "failed:", "GPU MB/worker (reserved):"],
+            [[r["gpu"], r["workers"], f(r["rps"]), *lat(r, "p50", "p99"), failed(r),
+              ", ".join(f(x, 0) for x in r["gpu_memory_mb_per_worker"])] for r in gpu])
     busy = ([max(sweep, key=lambda r: r["rps"])] if sweep else []) + list(rows_of(st, "lesson04")) + \
         [r for r in l05.get("by_connections", []) if r["connections"] in (meta["cores"], 2 * meta["cores"])]
     out += table("Who used the CPU during the runs (% of one core)", [

@@ -110,6 +110,7 @@ STAGES = [
     ("lesson02", serving.lesson02),
     ("lesson03_fork", serving.fork),
     ("lesson03_sweep", serving.sweep),
+    ("lesson03_gpu", serving.gpu),
     ("limit_again", limit_again),
     ("lesson04", serving.lesson04),
     ("lesson05", serving.lesson05),

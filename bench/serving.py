@@ -108,6 +108,33 @@ def sweep(ctx: Context) -> list[dict]:
     return rows
 
 
+def gpu(ctx: Context) -> list[dict] | dict:
+    """Lesson 03 on a GPU (SEG_DEVICE=cuda): 1 and 2 workers, with what each holds on the GPU.
+    Where no CUDA device is usable, one line says so instead of rows."""
+    import torch  # this process forks no server (lesson_server execs run.sh): CUDA here is safe
+
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device"}
+    rows = []
+    for workers in [2] if ctx.quick else [1, 2]:
+        log(f"lesson 03 on {torch.cuda.get_device_name(0)}: {workers} worker(s)")
+        with lesson_server(ctx.lessons, "03_uwsgi", args=["--processes", str(workers)],
+                           env={"SEG_DEVICE": "cuda"}, timeout=START) as srv:
+            wait_workers(srv.run_dir, workers)
+            row = {**load(ctx, srv.url + PNG, ctx.body), "workers": workers, "device": "cuda:0",
+                   "gpu": torch.cuda.get_device_name(0), "label": f"lesson 03: uWSGI {workers}w on cuda:0"}
+            seen = {}
+
+            def every_worker() -> bool:
+                info = requests.get(srv.url + "/readyz", timeout=10).json()
+                seen[info["pid"]] = info["gpu"]
+                return len(seen) >= workers
+            wait_for(every_worker, timeout=60, interval=0, what="/readyz from every worker")
+            row["gpu_memory_mb_per_worker"] = [g["memory_reserved_mb"] for g in seen.values()]
+            rows.append(row)
+    return rows
+
+
 def best_layout(ctx: Context) -> dict:
     """The sweep's fastest workers x threads, prefork if it works there (the fork mode changes memory, not speed)."""
     rows = ctx.results["stages"].get("lesson03_sweep")

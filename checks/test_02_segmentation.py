@@ -105,10 +105,24 @@ def test_accept_header_chooses_the_format(seg):
     assert r.headers["Content-Type"] == "image/png", "Accept: image/png should get a PNG mask"
 
 
-def test_answer_names_the_classes_and_the_weights(seg):
+def test_answer_names_the_classes_the_weights_and_the_device(seg):
     r = segment(seg, images.photo_bytes())
     assert r.headers.get("X-Model-Weights") == "random", "every answer should say which weights served it"
     assert r.headers["X-Classes"].split(",") == voc.classes_in(mask_of(r))
+    ready = requests.get(seg.url + "/readyz", timeout=10).json()
+    assert r.headers.get("X-Model-Device") == ready.get("device") == usable_device(), \
+        f"the answer says X-Model-Device {r.headers.get('X-Model-Device')!r}, /readyz says " \
+        f"{ready.get('device')!r}; SEG_DEVICE=auto should give {usable_device()!r} on this machine"
+    assert ("gpu" in ready) == ready["device"].startswith("cuda"), \
+        "/readyz reports the GPU (name, memory) exactly when the model is on one"
+    assert "segmentation: device " + ready["device"] in seg.log(200), \
+        "the start log should say which device the model runs on"
+
+
+def usable_device() -> str:
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
 def test_model_is_built_once_per_process(seg):
@@ -210,6 +224,23 @@ def test_unknown_precision_stops_the_start_clearly(lessons):
     assert run.returncode != 0, "the app started with SEG_PRECISION=fp16"
     assert "SEG_PRECISION=fp16" in run.stderr and "Traceback" not in run.stderr, \
         f"expected one clear line naming the setting, got:\n{run.stderr[-1500:]}"
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "tpu"])
+def test_a_device_that_is_not_there_stops_the_start_clearly(lessons, device):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has a usable CUDA device: SEG_DEVICE=cuda serves (checks/test_03_gpu.py)")
+    run = subprocess.run([sys.executable, "inference.py"], cwd=lessons / LESSON, capture_output=True,
+                         text=True, timeout=120, env=base_env({"SEG_DEVICE": device, "PORT": "1"}))
+    assert run.returncode != 0, f"the app started with SEG_DEVICE={device} on a machine without it"
+    lines = [line for line in run.stderr.splitlines() if f"SEG_DEVICE={device}" in line]
+    assert lines and "Traceback" not in run.stderr, \
+        f"expected one clear line naming SEG_DEVICE={device} and why, got:\n{run.stderr[-1500:]}"
+    if device.startswith("cuda"):
+        assert any(why in lines[0] for why in ("driver", "GPU", "CPU-only")), \
+            f"the line should name the cause (no driver, no device, a CPU-only torch): {lines[0]}"
 
 
 @pytest.mark.parametrize("content", [b"this is not a checkpoint", "wrong-shape"])

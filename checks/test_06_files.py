@@ -1,7 +1,8 @@
 """Lesson 06, the files: lint and the promises the Dockerfiles and the compose file make.
 
 Seconds, no container engine: hadolint on both Dockerfiles; Compose v2
-itself parses docker-compose.yaml (`docker-compose config`); the compose
+itself parses docker-compose.yaml (`docker-compose config`), alone and with
+its GPU variant docker-compose.gpu.yaml on top; the compose
 file's promises (no `version:`, only nginx publishes a port, ...), the
 Dockerfiles' (slim base, not root, the lessons' own files), and
 `.dockerignore` sending what the images copy and little else.
@@ -53,6 +54,43 @@ def test_compose_v2_parses_the_file_without_warnings(lesson):
                           "config", "--quiet"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and not out.stderr.strip(), \
         f"docker-compose config says:\n{out.stderr}"
+
+
+def test_compose_v2_parses_the_gpu_variant_without_warnings(lesson):
+    out = subprocess.run([tool("docker-compose"), "-f", str(lesson / compose.COMPOSE_FILE),
+                          "-f", str(lesson / compose.GPU_FILE), "config", "--quiet"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and not out.stderr.strip(), \
+        f"docker-compose config (with {compose.GPU_FILE}) says:\n{out.stderr}"
+
+
+def test_gpu_variant_asks_for_the_gpu_and_changes_nothing_else(lesson):
+    # Linted and compared here; it runs only where a GPU and NVIDIA's container toolkit are.
+    raw = yaml.safe_load((lesson / compose.GPU_FILE).read_text())
+    assert "version" not in raw, "the Compose specification has no `version:` key: remove it"
+    cpu = compose.config(lesson / compose.COMPOSE_FILE)["services"]
+    gpu = compose.config([lesson / compose.COMPOSE_FILE, lesson / compose.GPU_FILE])["services"]
+    assert set(gpu) == SERVICES and gpu["nginx"] == cpu["nginx"], f"{compose.GPU_FILE} leaves nginx alone"
+    build = gpu["uwsgi-uds"]["build"]
+    assert build["dockerfile"] == cpu["uwsgi-uds"]["build"]["dockerfile"], "the same Dockerfile-python"
+    assert build.get("args", {}).get("TORCH_INDEX_URL") == "", \
+        "TORCH_INDEX_URL empty: torch from PyPI, the CUDA build (the default index is CPU-only)"
+    for name in ("uwsgi-uds", "uwsgi-tcp"):
+        service = gpu[name]
+        assert service["command"][:3] == cpu[name]["command"][:3], f"{name}: the same .ini as on the CPU"
+        assert service["image"] != cpu[name]["image"], f"{name}: a tag of its own, so the CPU image stays"
+        assert service["environment"].get("SEG_DEVICE") == "cuda", \
+            f"{name}: SEG_DEVICE=cuda, so that a missing GPU stops the start instead of serving on the CPU"
+        assert "compute" in service["environment"].get("NVIDIA_DRIVER_CAPABILITIES", ""), \
+            f"{name}: the container needs the driver's CUDA (NVIDIA_DRIVER_CAPABILITIES=compute,utility)"
+        assert {k: v for k, v in service["environment"].items()
+                if k not in ("SEG_DEVICE", "NVIDIA_DRIVER_CAPABILITIES")} == cpu[name]["environment"]
+        devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices), \
+            f"{name}: ask for the GPU (deploy.resources.reservations.devices: driver nvidia, capabilities [gpu])"
+        assert {k: v for k, v in service.items() if k not in ("build", "image", "command", "environment", "deploy")} \
+            == {k: v for k, v in cpu[name].items() if k not in ("build", "image", "command", "environment", "deploy")}, \
+            f"{name}: only the image, the workers, the device and the GPU change"
 
 
 def test_compose_file_keeps_its_promises(lesson):

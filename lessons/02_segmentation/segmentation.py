@@ -7,9 +7,12 @@ the benchmarks.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import os
+import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,8 +33,11 @@ assert CLASSES[1:] == Weights.DEFAULT.meta["categories"][1:]
 
 # The weights' transforms resize a photo's shorter side to this many pixels.
 MODEL_SIDE = Weights.DEFAULT.transforms().resize_size[0]
-# Where the network runs: the one place that names the device.
-DEVICE = "cpu"
+# SEG_DEVICE: where the network runs. auto (the default) takes a CUDA GPU
+# when one is usable, else the CPU; cpu, cuda and cuda:N insist. The model
+# and every tensor of a request live there; the mask comes back to the CPU
+# to be encoded.
+DEVICES = "auto, cpu, cuda or cuda:N"
 # SEG_PRECISION: fp32 (the default) or bf16, bfloat16 arithmetic where the
 # CPU has it. bf16 is faster but not the same arithmetic: a few pixels near a
 # tie between two classes change (the guide measures how many).
@@ -58,6 +64,7 @@ class Model:
     weights: str          # "pretrained", "random" or "file:<name>": sent with every answer
     preprocess: object    # the transforms the weights were trained with
     precision: str = "fp32"
+    device: str = "cpu"   # where net is now: "cpu" or "cuda:N" (see to_device)
 
 
 @dataclass
@@ -76,9 +83,82 @@ class Photo:
 builds = 0
 
 
+def choose_device(setting: str | None = None) -> str:
+    """SEG_DEVICE -> "cpu" or "cuda:N", decided WITHOUT initialising CUDA.
+
+    uWSGI's master calls this before it forks the workers. Any CUDA call
+    there, even torch.cuda.is_available() (it starts the driver), leaves
+    every forked worker with "Cannot re-initialize CUDA in forked
+    subprocess" at its first CUDA call. So this only asks NVML, the
+    driver's management library, how many GPUs there are: that starts no
+    CUDA, and leaves nothing behind that a fork inherits.
+    """
+    setting = setting or os.environ.get("SEG_DEVICE", "auto")
+    if setting == "cpu":
+        return _chose("cpu", setting, "")
+    if setting not in ("auto", "cuda") and not re.fullmatch(r"cuda:\d+", setting):
+        raise SystemExit(f"SEG_DEVICE={setting}: use one of {DEVICES}")
+    count, why_not = cuda_devices()
+    if setting == "auto":
+        return _chose("cuda:0" if count else "cpu", setting, why_not)
+    # cuda or cuda:N: a GPU or nothing. Serving on the CPU instead would
+    # hide the problem behind answers many times slower.
+    if not count:
+        raise SystemExit(f"SEG_DEVICE={setting}: no CUDA device is usable: {why_not}")
+    index = int(setting.partition(":")[2] or 0)
+    if index >= count:
+        raise SystemExit(f"SEG_DEVICE={setting}: this machine has {count} CUDA device(s), "
+                         f"cuda:0 to cuda:{count - 1}")
+    return _chose(f"cuda:{index}", setting, "")
+
+
+def cuda_devices() -> tuple[int, str]:
+    """How many CUDA devices this process may use and, if none, why not. Starts no CUDA."""
+    if torch.version.cuda is None:
+        return 0, (f"this torch ({torch.__version__}) is a CPU-only build: "
+                   "install the CUDA wheels (SEG_TORCH_BUILD=cuda ./workshop.sh setup)")
+    # torch.cuda.device_count() asks NVML first too, but when NVML fails it
+    # asks the CUDA runtime, which initialises CUDA. Ask NVML alone (it also
+    # honours CUDA_VISIBLE_DEVICES); below 0 means NVML could not answer.
+    count = torch.cuda._device_count_nvml()
+    if count > 0:
+        return count, ""
+    if count == 0:
+        return 0, "the NVIDIA driver sees no GPU (or CUDA_VISIBLE_DEVICES hides them all)"
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return 0, "no NVIDIA driver (libnvidia-ml.so.1, its NVML library, is not installed)"
+    return 0, "the NVIDIA driver does not answer (NVML could not start)"
+
+
+def _chose(device: str, setting: str, why_not: str) -> str:
+    # One line in the start log: where this app will run, and why.
+    because = f"; no GPU: {why_not}" if device == "cpu" and why_not else ""
+    print(f"segmentation: device {device} (SEG_DEVICE={setting}{because})", file=sys.stderr, flush=True)
+    return device
+
+
+def to_device(model: Model, device: str) -> Model:
+    """Move the network to `device`. On a GPU this initialises CUDA: under
+    uWSGI it runs in each worker, after the fork, never in the master."""
+    if device != model.device:
+        if device.startswith("cuda") and model.precision == "fp32":
+            # fp32 means fp32 here too: cuDNN would run the convolutions in
+            # TF32 (a shorter mantissa, faster), and pixels near a tie would flip.
+            torch.backends.cudnn.conv.fp32_precision = "ieee"
+        try:
+            model.net.to(device)
+        except Exception as exc:  # the driver said yes, CUDA itself says no
+            raise SystemExit(f"SEG_DEVICE: cannot use {device}: {exc}") from None
+        model.device = device
+    return model
+
+
 def load_model(choice: str | None = None, precision: str | None = None) -> Model:
     """Build LRASPP MobileNetV3-Large with the weights SEG_WEIGHTS asks for,
-    to run at the precision SEG_PRECISION asks for (fp32 or bf16).
+    to run at the precision SEG_PRECISION asks for (fp32 or bf16). It is
+    built on the CPU (safe before a fork); to_device moves it.
 
     auto     pretrained weights if they can be had, else random (with a warning)
     default  torchvision's pretrained weights (downloaded once, then cached)
@@ -202,13 +282,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
 @torch.inference_mode()  # no autograd bookkeeping: faster and lighter
 def predict(model: Model, photo: Photo) -> np.ndarray:
     """A decoded upload -> uint8 mask of class ids, the upload's own height and width."""
-    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=model.precision == "bf16"):
+    # autocast wants the kind of device ("cpu" or "cuda"), not its number.
+    with torch.autocast(model.device.split(":")[0], dtype=torch.bfloat16, enabled=model.precision == "bf16"):
         # EXERCISE 02.2: preprocess the image and run the network
-        batch = model.preprocess(photo.image).unsqueeze(0)  # resize to 520, normalise, add batch dim
+        # resize to 520, normalise, add the batch dim, then onto the model's device
+        batch = model.preprocess(photo.image).unsqueeze(0).to(model.device)
         logits = model.net(batch)["out"][0]                 # (21, h, w) at the resized size
         # END EXERCISE
     # EXERCISE 02.3: one class id per pixel, at the photo's size
-    mask = logits.max(0).indices.to(torch.uint8).numpy()  # max(0) is argmax(0), on a faster kernel
+    # max(0) is argmax(0), on a faster kernel; .cpu() brings the mask back for the PNG
+    mask = logits.max(0).indices.to(torch.uint8).cpu().numpy()
     width, height = photo.size
     if mask.shape != (height, width):
         # Scale the mask to the uploaded size so it lines up with the photo.

@@ -136,7 +136,7 @@ def forget_dead_processes():
 
 
 model = inference.model
-MODEL.labels(model.weights, model.precision, segmentation.DEVICE, str(torch.get_num_threads())).set(1)
+MODEL.labels(model.weights, model.precision, inference.DEVICE, str(torch.get_num_threads())).set(1)
 
 app = inference.app
 app.wsgi_app = measured(app.wsgi_app)   # Flask's way to add WSGI middleware
