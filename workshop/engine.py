@@ -18,7 +18,10 @@ Step 3, the stack:
 builds both images, starts the stack under its own project name on a free
 loopback port (HOST_PORT), waits until Compose says every service is
 healthy, and takes it down again (`down -v`), also when a check fails.
-A stack left by an interrupted run is taken down first.
+A stack left by an interrupted run is taken down first. Who can reach what:
+
+    stack.address("uwsgi-tcp", "upstreams")          # its IP on one of the project's networks
+    stack.stranger("default", "print(1)")            # python -c in a throwaway container that is not nginx
 
 Which Compose: workshop/compose.py's `command()`. Which engine CLI for the
 single containers and for what Compose cannot tell (image sizes,
