@@ -149,7 +149,9 @@ class EngineStack:
         self.url = f"http://127.0.0.1:{self.port}"
         self.base = [*compose.command(), "-p", self.project, "-f", str(lesson / compose.COMPOSE_FILE)]
         self.build_args = build_args()
-        self.env = {**os.environ, "HOST_PORT": str(self.port), **weights_env(self.build_args)}
+        # SEG_DEBUG_DELAY=1: ?delay=S holds a request, so the graceful-stop check has one in flight for sure
+        self.env = {**os.environ, "HOST_PORT": str(self.port), "SEG_DEBUG_DELAY": "1",
+                    **weights_env(self.build_args)}
         self.metrics: dict = {"compose": " ".join(compose.command()), "build_args": self.build_args}
 
     def run(self, *args, check=True, timeout=600) -> subprocess.CompletedProcess:
