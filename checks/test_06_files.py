@@ -120,6 +120,51 @@ def test_compose_file_keeps_its_promises(lesson):
     assert services["nginx"]["environment"]["TCP_UPSTREAM"].startswith("uwsgi-tcp:")
 
 
+def test_uwsgi_sockets_are_locked_by_place(lesson):
+    # The uwsgi protocol has no login: who can connect can ask for a command
+    # (UWSGI_FILE=exec://...). Lesson 06's images carry no certificates, so
+    # the lock is where the sockets are, and max-apps = 1 in the .ini files.
+    config = compose.config(lesson / compose.COMPOSE_FILE)
+    services, networks = config["services"], config.get("networks", {})
+    assert services["uwsgi-uds"].get("network_mode") == "none", \
+        "uwsgi-uds is reached through the socket on the volume: give it `network_mode: none`"
+    tcp_networks = set(services["uwsgi-tcp"].get("networks") or {"default": None})
+    for name in tcp_networks:
+        assert networks.get(name, {}).get("internal") is True, \
+            f"uwsgi-tcp is on network {name!r}: put it only on an `internal: true` network"
+        members = {s for s, service in services.items() if name in (service.get("networks") or {})}
+        assert members == {"nginx", "uwsgi-tcp"}, \
+            f"network {name!r} is for nginx and uwsgi-tcp only, not {sorted(members - {'nginx', 'uwsgi-tcp'})}"
+    published_on = set(services["nginx"].get("networks") or {"default": None})
+    assert any(not networks.get(n, {}).get("internal") for n in published_on), \
+        "nginx's published port needs an ordinary (not internal) network too"
+    for ini in ("uwsgi-uds.ini", "uwsgi-tcp.ini"):
+        assert re.search(r"^max-apps\s*=\s*1\s*$", (lesson / ini).read_text(), re.M), \
+            f"{ini}: max-apps = 1, so that a packet cannot load another app"
+
+
+def seconds(duration: str) -> float:
+    """A Compose duration (40s, 1m30s, 1.5s) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"([\d.]+)(ms|h|m|s)", duration)
+    assert parts, f"not a Compose duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_stop_grace_period_is_uwsgis_mercy(lesson):
+    # SIGTERM is a graceful stop: uWSGI waits for its workers, up to the
+    # mercy. Docker's default 10 s would SIGKILL requests still running.
+    workers = (lesson.parent / "03_uwsgi" / "workers.ini").read_text()
+    assert re.search(r"^hook-master-start\s*=\s*unix_signal:15 gracefully_kill_them_all\s*$", workers, re.M), \
+        "lesson 03's workers.ini should make SIGTERM a graceful stop"
+    mercy = int(re.search(r"^worker-reload-mercy\s*=\s*(\d+)", workers, re.M).group(1))
+    services = compose.config(lesson / compose.COMPOSE_FILE)["services"]
+    for name in ("uwsgi-uds", "uwsgi-tcp"):
+        grace = services[name].get("stop_grace_period")
+        assert grace and seconds(grace) >= mercy, \
+            f"{name}: stop_grace_period should be uWSGI's mercy, {mercy}s (worker-reload-mercy), not {grace}"
+
+
 def test_no_world_writable_socket_anywhere(lesson):
     # (comments may say why not: only what the files do counts)
     texts = {compose.COMPOSE_FILE: json.dumps(compose.config(lesson / compose.COMPOSE_FILE))}

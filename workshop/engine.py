@@ -18,7 +18,10 @@ Step 3, the stack:
 builds both images, starts the stack under its own project name on a free
 loopback port (HOST_PORT), waits until Compose says every service is
 healthy, and takes it down again (`down -v`), also when a check fails.
-A stack left by an interrupted run is taken down first.
+A stack left by an interrupted run is taken down first. Who can reach what:
+
+    stack.address("uwsgi-tcp", "upstreams")          # its IP on one of the project's networks
+    stack.stranger("default", "print(1)")            # python -c in a throwaway container that is not nginx
 
 Which Compose: workshop/compose.py's `command()`. Which engine CLI for the
 single containers and for what Compose cannot tell (image sizes,
@@ -147,7 +150,9 @@ class EngineStack:
         self.url = f"http://127.0.0.1:{self.port}"
         self.base = [*compose.command(), "-p", self.project, "-f", str(lesson / compose.COMPOSE_FILE)]
         self.build_args = build_args()
-        self.env = {**os.environ, "HOST_PORT": str(self.port), **weights_env(self.build_args)}
+        # SEG_DEBUG_DELAY=1: ?delay=S holds a request, so the graceful-stop check has one in flight for sure
+        self.env = {**os.environ, "HOST_PORT": str(self.port), "SEG_DEBUG_DELAY": "1",
+                    **weights_env(self.build_args)}
         self.metrics: dict = {"compose": " ".join(compose.command()), "build_args": self.build_args}
 
     def run(self, *args, check=True, timeout=600) -> subprocess.CompletedProcess:
@@ -178,6 +183,39 @@ class EngineStack:
                                  capture_output=True, text=True, env=self.env)
             if out.returncode == 0:
                 self.metrics[f"{image}_MB"] = round(int(out.stdout.strip()) / 1e6)
+
+    def container_id(self, service: str) -> str:
+        """The one running container of a service (`compose ps -q SERVICE`)."""
+        ids = self.run("ps", "-q", service, timeout=60).stdout.split()
+        assert len(ids) == 1, f"{service} should run one container, runs {ids}\n{self.logs()}"
+        return ids[0]
+
+    def inspect(self, container: str, template: str) -> str:
+        out = subprocess.run([engine_cli(), "inspect", "--format", template, container],
+                             capture_output=True, text=True, env=self.env, timeout=60)
+        assert out.returncode == 0, f"docker inspect {container} failed: {out.stderr[-1000:]}"
+        return out.stdout.strip()
+
+    def address(self, service: str, network: str) -> str:
+        """A service's IP address on one of the project's networks (Compose names it PROJECT_NETWORK)."""
+        networks = json.loads(self.inspect(self.container_id(service), "{{json .NetworkSettings.Networks}}"))
+        found = networks.get(f"{self.project}_{network}", {}).get("IPAddress")
+        assert found, f"{service} has no address on {network}: {networks}"
+        return found
+
+    def stranger(self, network: str, script: str, *args: str, timeout: float = 120) -> str:
+        """What `python -c SCRIPT ARGS` prints in a throwaway container of the uWSGI image on one of the
+        project's networks ("none": no network): a container that is not nginx. Removed afterwards."""
+        name = f"{self.project}-stranger"
+        net = "none" if network == "none" else f"{self.project}_{network}"
+        cli = [engine_cli(), "run", "--name", name, "--network", net, "--no-healthcheck",
+               "inference-python", "python", "-c", script, *args]
+        subprocess.run([engine_cli(), "rm", "-f", name], capture_output=True, env=self.env, timeout=60)
+        try:
+            out = subprocess.run(cli, capture_output=True, text=True, env=self.env, timeout=timeout)
+            return out.stdout + out.stderr
+        finally:
+            subprocess.run([engine_cli(), "rm", "-f", name], capture_output=True, env=self.env, timeout=60)
 
     def leftovers(self) -> dict[str, list[str]]:
         """What the engine still has of this project: Compose's labels, asked of the engine itself."""
