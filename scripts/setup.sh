@@ -44,6 +44,13 @@ command -v prometheus >/dev/null || need+=(prometheus)
 command -v prometheus-nginx-exporter >/dev/null || command -v nginx-prometheus-exporter >/dev/null ||
     need+=(prometheus-nginx-exporter)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+# The pinned requirements (numpy, pymdown-extensions) need Python 3.11.5 or newer.
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11, 5))' || {
+    echo "[setup] Python $(python3 -c 'import platform; print(platform.python_version())') is too old:" \
+         "the pinned requirements need 3.11.5 or newer (Debian 12 ships 3.11.2)." \
+         "Open the repository in its dev container (.devcontainer/), or put a newer python3 first on PATH." >&2
+    exit 1
+}
 # pip compiles uWSGI: it needs a C compiler and the headers of this Python.
 command -v gcc >/dev/null || need+=(build-essential)
 # The guide: npm fetches the diagram library at build time.
