@@ -10,8 +10,6 @@ are skipped, saying so (and fail under CI, where setup installs it).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import requests
@@ -25,15 +23,6 @@ LESSON = "05_multi_upstream"
 OPACITY = 0.6
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = page.find_chromium()
-    if path is None:
-        reason = "chromium is not installed (Debian: apt-get install chromium); the browser checks need it"
-        if os.environ.get("CI"):
-            pytest.fail(reason + ", and CI must have it: scripts/setup.sh installs it")
-        pytest.skip(reason)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,24 +122,7 @@ def test_pages_load_nothing_from_other_hosts(site):
 
 
 # ------------------------------------------------------------ the browser
-
-def find_chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        if path := shutil.which(name):
-            return path
-    return None
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        reason = "chromium is not installed (Debian: apt-get install chromium); the browser checks need it"
-        if os.environ.get("CI"):
-            pytest.fail(reason + ", and CI must have it: scripts/setup.sh installs it")
-        pytest.skip(reason)
-    return path
-
+# (the chromium fixture is in conftest.py)
 
 @pytest.fixture(scope="module")
 def served(site):

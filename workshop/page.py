@@ -7,8 +7,7 @@ this. The screenshot, from the repository root:
 
 starts lesson 04 (with the weights it finds: pretrained where they are
 cached, else untrained, and the page says so), uploads the cat twice and
-saves the page. (Lesson 04, not 05: lesson 05's TLS router cannot yet take
-an upload over 16 KB, see checks/test_05_page.py.)
+saves the page.
 """
 
 from __future__ import annotations
