@@ -1,228 +1,277 @@
-"""The model with no HTTP at all, run in fresh processes the benchmark starts.
+"""The model with no HTTP, in processes of its own (torch never runs in the benchmark's
+process, which forks wrk, uWSGI and nginx), one torch thread each.
 
-    python -m bench.inproc limit --threads T --seconds D --image cat.jpg
-        builds the model (as the app does), warms up, prints "ready", waits for
-        a line on stdin (so N processes start together), then runs
-        decode -> predict -> PNG mask, the app's own functions, for D seconds
-        and prints one JSON line: images, seconds, latency percentiles.
+    python -m bench.inproc limit forward,pipeline --image cat.jpg --seconds D --signals DIR
+        for each of the two, after a warm-up: prints "READY forward", waits for
+        DIR/go-forward (N processes start together), runs the network's forward
+        pass alone on the app's input for D seconds, prints "RESULT forward" +
+        the times, idles until DIR/done-forward; then the app's whole pipeline.
 
-    python -m bench.inproc prep --image cat.jpg --weights-out w.pth
-        one process, one torch thread: saves a state dict (for the "weights
-        file" runs), times each step of a request (decode, resize, model,
-        mask, PNG), and compares the PNG and JSON encodings of the same mask.
-
-Run as separate processes on purpose: torch never runs in the benchmark's
-own process, which forks wrk, uWSGI and nginx.
+    python -m bench.inproc model --photos photos.json --weights-out w.pth [--quick]
+        the pipeline before and after the lessons' levers, step by step; the forward
+        pass's layouts, precisions and batch sizes; PNG vs JSON by photo size.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
+import io
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+
+from bench.measure import median  # noqa: E402
+from workshop import images  # noqa: E402
+from workshop.lessons import import_module  # noqa: E402
+
+PRETRAINED = Path(torch.hub.get_dir()) / "checkpoints" / "lraspp_mobilenet_v3_large-d234d4ea.pth"
+SAMPLES = ("chelsea", "astronaut", "coffee")
 
 
-def _lesson_modules(lessons: Path):
-    sys.path.insert(0, str(lessons / "02_segmentation"))
-    import segmentation  # noqa: E402  (the app's own model code)
-    import voc  # noqa: E402
-
-    return segmentation, voc
-
-
-def _pcts(samples_ms: list[float]) -> dict:
-    s = sorted(samples_ms)
-    if not s:
-        return {}
-
-    def pct(q):
-        return round(s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))], 1)
-
-    return {"p50": pct(50), "p95": pct(95), "p99": pct(99), "mean": round(statistics.fmean(s), 1)}
-
-
-def limit(args) -> None:
-    import torch
-
-    torch.set_num_threads(args.threads)  # before any torch work, as the app does
-    segmentation, voc = _lesson_modules(Path(args.lessons))
-    data = Path(args.image).read_bytes()
-    model = segmentation.load_model("random")
-
-    def one() -> bytes:
-        img = segmentation.decode_image(data, 40_000_000)
-        return voc.mask_to_png(segmentation.predict(model, img))
-
-    for _ in range(args.warmup):
-        one()
-    print("ready", flush=True)
-    sys.stdin.readline()  # the go signal
-    samples = []
-    started = time.perf_counter()
-    deadline = started + args.seconds
-    while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        one()
-        samples.append((time.perf_counter() - t0) * 1000)
-    elapsed = time.perf_counter() - started
-    print(json.dumps({"images": len(samples), "seconds": round(elapsed, 3),
-                      "threads": torch.get_num_threads(), "latency_ms": _pcts(samples),
-                      "samples_ms": [round(x, 2) for x in samples]}), flush=True)
-    sys.stdin.readline()  # stay alive until told, so the parent can read our CPU time in /proc
-
-
-def _median_ms(fn, repeat: int) -> tuple[float, object]:
-    times, out = [], None
+def timed(fns: dict, repeat: int, warmup: bool = True) -> dict:
+    """Median ms of each function, run in turns so that the machine's drift hits them alike."""
+    for fn in fns.values() if warmup else []:
+        fn()
+    times = {name: [] for name in fns}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return round(statistics.median(times), 3), out
-
-
-def prep(args) -> None:
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    torch.set_num_threads(args.threads)
-    segmentation, voc = _lesson_modules(Path(args.lessons))
-    result: dict = {}
-
-    # 1. A weights file: the seeded random model (batch norm calibrated), saved
-    #    as a plain state dict. Loading it is what SEG_WEIGHTS=/path.pth does.
-    t0 = time.perf_counter()
-    model = segmentation.load_model("random")
-    result["build_random_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-    torch.save(model.net.state_dict(), args.weights_out)
-    t0 = time.perf_counter()
-    segmentation.load_model(args.weights_out)
-    result["build_from_file_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-    result["weights_file_bytes"] = os.path.getsize(args.weights_out)
-
-    # 2. Where one request's time goes (the app's steps, taken apart).
-    data = Path(args.image).read_bytes()
-    repeat = args.repeat
-    for _ in range(3):  # warm-up
-        segmentation.predict(model, segmentation.decode_image(data, 40_000_000))
-    decode_ms, img = _median_ms(lambda: segmentation.decode_image(data, 40_000_000), repeat)
-    pre_ms, batch = _median_ms(lambda: model.preprocess(img).unsqueeze(0), repeat)
-    with torch.inference_mode():
-        fwd_ms, logits = _median_ms(lambda: model.net(batch)["out"][0], repeat)
-        argmax_ms, mask520 = _median_ms(lambda: logits.argmax(0).to(torch.uint8).numpy(), repeat)
-        # The same class ids, found by max(0): a different reduction kernel.
-        maxidx_ms, mask520b = _median_ms(lambda: logits.max(0).indices.to(torch.uint8).numpy(), repeat)
-        same = bool(np.array_equal(mask520, mask520b))
-        resize_ms, mask = _median_ms(
-            lambda: np.asarray(Image.fromarray(mask520).resize(img.size, Image.NEAREST)), repeat)
-    png_ms, png = _median_ms(lambda: voc.mask_to_png(mask), repeat)
-    json_ms, js = _median_ms(lambda: voc.mask_to_json(mask), max(3, repeat // 3))
-    whole_ms, _ = _median_ms(lambda: voc.mask_to_png(segmentation.predict(
-        model, segmentation.decode_image(data, 40_000_000))), repeat)
-    result["profile"] = {
-        "image": f"{img.width}x{img.height} JPEG, {len(data)} bytes",
-        "model_input": "x".join(str(d) for d in batch.shape[-2:]),
-        "torch_threads": torch.get_num_threads(),
-        "steps_ms": {"decode JPEG": decode_ms, "resize + normalise": pre_ms,
-                     "model forward": fwd_ms, "argmax over 21 classes": argmax_ms,
-                     "resize mask back": resize_ms, "PNG encode": png_ms},
-        "whole_request_ms": whole_ms,
-        "alternative": {"max(0).indices instead of argmax(0)": maxidx_ms, "same_mask": same},
-        "json_encode_ms": json_ms, "png_bytes": len(png), "json_bytes": len(js),
-    }
-
-    # 2b. The same request through lesson 02's Flask app (test client, no
-    #     network, no server), interleaved with the bare pipeline: what Flask
-    #     itself adds to one request.
-    os.environ.setdefault("SEG_WEIGHTS", "random")
-    os.environ["SEG_TORCH_THREADS"] = str(args.threads)
-    import inference  # lesson 02's app module: builds its own model
-    client = inference.app.test_client()
-
-    def via_flask():
-        r = client.post("/infer?format=png", data=data)
-        assert r.status_code == 200, r.status_code
-
-    def bare():
-        voc.mask_to_png(segmentation.predict(inference.model, segmentation.decode_image(data, 40_000_000)))
-    via_flask(), bare()
-    flask_ms, bare_ms = [], []
-    for _ in range(repeat):
-        for fn, out in ((bare, bare_ms), (via_flask, flask_ms)):
+        for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
-            out.append((time.perf_counter() - t0) * 1000)
-    result["profile"]["flask_test_client_ms"] = round(statistics.median(flask_ms), 1)
-    result["profile"]["bare_pipeline_ms"] = round(statistics.median(bare_ms), 1)
+            times[name].append((time.perf_counter() - t0) * 1000)
+    return {name: median(xs) for name, xs in times.items()}
 
-    # 3. PNG vs JSON for the same mask, at the sample photo's full size. With
-    #    torchvision's pretrained weights if they are already in torch's cache
-    #    (never downloaded here), else the seeded random ones.
-    from workshop import images
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / "lraspp_mobilenet_v3_large-d234d4ea.pth"
-    mask_model = segmentation.load_model("default") if cached.exists() else model
-    full = images.photo_bytes("chelsea")
-    full_img = segmentation.decode_image(full, 40_000_000)
-    full_mask = segmentation.predict(mask_model, full_img)
-    png_ms, png = _median_ms(lambda: voc.mask_to_png(full_mask), repeat)
-    json_ms, js = _median_ms(lambda: voc.mask_to_json(full_mask), repeat)
-    assert np.array_equal(voc.mask_from_png(png), full_mask)
-    result["mask_formats"] = {
-        "image": f"scikit-image chelsea, full size {full_img.width}x{full_img.height} "
-                 f"(JPEG {len(full)} bytes)",
-        "mask_shape": list(full_mask.shape),
-        "classes_in_mask": int(len(np.unique(full_mask))),
-        "weights": mask_model.weights,
-        "png_bytes": len(png), "json_bytes": len(js),
-        "json_gzip_bytes": len(gzip.compress(js, 6)),
-        "png_encode_ms": png_ms, "json_encode_ms": json_ms,
-        "size_ratio_json_over_png": round(len(js) / len(png), 1),
-        "time_ratio_json_over_png": round(json_ms / png_ms, 1) if png_ms else None,
-        "repeats": repeat,
-    }
-    # The untrained model's mask is speckled with many classes; a trained one
-    # gives a few large regions (here: background and one cat). For reference
-    # only, a SYNTHETIC mask of that kind at the same size: one ellipse of
-    # class 8 ("cat") on background. Not a model output.
-    h, w = full_mask.shape
+
+def limit(args, seg, voc) -> None:
+    model = seg.load_model("random", "fp32")
+    data, signals = Path(args.image).read_bytes(), Path(args.signals)
+    batch = model.preprocess(seg.decode_image(data, 10**8).image).unsqueeze(0)
+
+    @torch.inference_mode()
+    def forward():
+        model.net(batch)
+
+    def pipeline():
+        voc.mask_to_png(seg.predict(model, seg.decode_image(data, 10**8)))
+    for what in args.what.split(","):
+        one = forward if what == "forward" else pipeline
+        for _ in range(args.warmup):
+            one()
+        print(f"READY {what}", flush=True)
+        while not (signals / f"go-{what}").exists():
+            time.sleep(0.001)
+        samples, started = [], time.perf_counter()
+        while time.perf_counter() < started + args.seconds:
+            t0 = time.perf_counter()
+            one()
+            samples.append(round((time.perf_counter() - t0) * 1000, 2))
+        print(f"RESULT {what} " + json.dumps({"seconds": round(time.perf_counter() - started, 3),
+                                             "samples_ms": samples, "input": list(batch.shape)}), flush=True)
+        while not (signals / f"done-{what}").exists():  # idle until told, for the parent to read our CPU time
+            time.sleep(0.01)
+
+
+class Before:
+    """The pipeline as lesson 02 wrote it before the levers: a full decode, two copies
+    (EXIF, RGB), a contiguous network, argmax(0), np.unique, PNG at zlib's defaults."""
+
+    def __init__(self, model):
+        self.model, self.net = model, copy.deepcopy(model.net).to(memory_format=torch.contiguous_format)
+
+    def decode(self, data):
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return img
+
+    def upright(self, img):
+        return ImageOps.exif_transpose(img).convert("RGB")
+
+    @torch.inference_mode()
+    def forward(self, batch):
+        return self.net(batch)["out"][0]
+
+    def classes(self, logits):
+        return logits.argmax(0).to(torch.uint8).numpy()
+
+    def png(self, mask, voc):
+        img = Image.frombytes("P", mask.shape[::-1], np.ascontiguousarray(mask).tobytes())
+        img.putpalette(voc.PALETTE)
+        img.save(buf := io.BytesIO(), format="PNG")
+        return buf.getvalue()
+
+    def mask(self, data):
+        img = self.upright(self.decode(data))
+        mask = self.classes(self.forward(self.model.preprocess(img).unsqueeze(0)))
+        return np.asarray(Image.fromarray(mask).resize(img.size, Image.NEAREST))
+
+    def request(self, data, voc):
+        mask = self.mask(data)
+        return self.png(mask, voc), [voc.CLASSES[i] for i in np.unique(mask)]
+
+
+def profile(seg, voc, model, before: Before, data: bytes, repeat: int, warmup: bool) -> dict:
+    """Each step of one request before and after the levers (as the lesson's code does them), and the whole."""
+    def draft_decode():
+        img = Image.open(io.BytesIO(data))
+        img.draft("RGB", (seg.MODEL_SIDE, seg.MODEL_SIDE))
+        img.load()
+        return img
+
+    def upright(img):
+        ImageOps.exif_transpose(img, in_place=True)
+        return seg.to_rgb(img)
+
+    @torch.inference_mode()
+    def forward():
+        return model.net(batch)["out"][0]
+
+    def request():
+        mask = seg.predict(model, seg.decode_image(data, 10**8))
+        return voc.mask_to_png(mask), voc.classes_in(mask)
+    photo = seg.decode_image(data, 10**8)
+    full, small = before.decode(data), draft_decode()
+    upright_full = before.upright(full)
+    batch_full, batch = model.preprocess(upright_full).unsqueeze(0), model.preprocess(photo.image).unsqueeze(0)
+    logits_full, logits = before.forward(batch_full), forward()
+    small_mask, mask = logits.max(0).indices.to(torch.uint8).numpy(), seg.predict(model, photo)
+    steps = {"decode the JPEG": (lambda: before.decode(data), draft_decode),
+             "EXIF orientation + RGB": (lambda: before.upright(full), lambda: upright(small)),
+             "resize + normalise": (lambda: model.preprocess(upright_full), lambda: model.preprocess(photo.image)),
+             "forward pass": (lambda: before.forward(batch_full), forward),
+             "class of each pixel": (lambda: before.classes(logits_full),
+                                     lambda: logits.max(0).indices.to(torch.uint8).numpy()),
+             "mask to the upload's size": [lambda: Image.fromarray(small_mask).resize(photo.size, Image.NEAREST)] * 2,
+             "class names (X-Classes)": (lambda: np.unique(mask), lambda: voc.classes_in(mask)),
+             "PNG encode": (lambda: before.png(mask, voc), lambda: voc.mask_to_png(mask)),
+             "whole request": (lambda: before.request(data, voc), request)}
+    ms = timed({(name, when): fn for name, pair in steps.items() for when, fn in zip(("before", "after"), pair)},
+               repeat, warmup)
+    return {"photo": "x".join(map(str, photo.size)), "megapixels": round(photo.size[0] * photo.size[1] / 1e6, 2),
+            "bytes": len(data), "full_size": list(photo.size)[::-1], "decoded_at": list(photo.image.size)[::-1],
+            "model_input_before": list(batch_full.shape[-2:]),
+            "model_input": list(batch.shape[-2:]), "repeats": repeat, "whole_over_forward": {
+                when: round(ms[("whole request", when)] / ms[("forward pass", when)], 2)
+                for when in ("before", "after")},
+            "steps": [{"step": name, "before_ms": ms[(name, "before")], "after_ms": ms[(name, "after")]}
+                      for name in steps]}
+
+
+def agreement(a: np.ndarray, b: np.ndarray, classes: list[str]) -> dict:
+    """Pixels that differ, and the IoU of each class found in either mask."""
+    iou = {classes[c]: round(float(np.sum((a == c) & (b == c)) / np.sum((a == c) | (b == c))), 4)
+           for c in np.union1d(np.unique(a), np.unique(b))}
+    return {"pixels": int(a.size), "differ": int(np.sum(a != b)), "agree_pct": round(100 * float(np.mean(a == b)), 4),
+            "iou": iou, "mean_iou": round(float(np.mean(list(iou.values()))), 4)}
+
+
+def formats(voc, mask: np.ndarray, repeat: int) -> dict:
+    png, js = voc.mask_to_png(mask), voc.mask_to_json(mask)
+    assert np.array_equal(voc.mask_from_png(png), mask)
+    ms = timed({"png": lambda: voc.mask_to_png(mask), "json": lambda: voc.mask_to_json(mask)}, repeat, warmup=False)
+    return {"png_bytes": len(png), "json_bytes": len(js), "png_encode_ms": ms["png"], "json_encode_ms": ms["json"],
+            "size_ratio_json_over_png": round(len(js) / len(png), 1),
+            "time_ratio_json_over_png": round(ms["json"] / ms["png"], 1)}
+
+
+def model(args, seg, voc) -> dict:
+    photos, quick, out = json.loads(Path(args.photos).read_text()), args.quick, {}
+    t0 = time.perf_counter()
+    m = seg.load_model("random", "fp32")
+    t1 = time.perf_counter()
+    torch.save(m.net.state_dict(), args.weights_out)
+    t2 = time.perf_counter()
+    seg.load_model(args.weights_out, "fp32")
+    out["builds"] = {"random_ms": round((t1 - t0) * 1000, 1),
+                     "from_file_ms": round((time.perf_counter() - t2) * 1000, 1)}
+    before = Before(m)
+    out["profile"] = [profile(seg, voc, m, before, Path(p["path"]).read_bytes(), (1 if quick else 5)
+                              if p["megapixels"] > 1 else (2 if quick else 15), not quick)
+                      for p in photos if p["label"] in ("256x256", "12 MP")]
+
+    # The same mask? Before vs after on the sample photos (pretrained weights too, when
+    # torch's cache has them: never downloaded here); then layouts, precisions, batches.
+    pretrained = seg.load_model(str(PRETRAINED), "fp32") if PRETRAINED.exists() else None
+    weights = [("random", m, before)] + ([("pretrained", pretrained, Before(pretrained))] if pretrained else [])
+    decoded = {name: (images.photo_bytes(name), seg.decode_image(images.photo_bytes(name), 10**8)) for name in SAMPLES}
+    out["before_vs_after"] = [{"weights": label, "photo": name, **agreement(
+        old.mask(data), seg.predict(mdl, photo), voc.CLASSES)} for label, mdl, old in weights
+        for name, (data, photo) in decoded.items()]
+    batch = m.preprocess(seg.decode_image(Path(photos[0]["path"]).read_bytes(), 10**8).image).unsqueeze(0)
+
+    def bf16():
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # this measures the CPU
+            return m.net(batch)
+    with torch.inference_mode():
+        ms = timed({"contiguous": lambda: before.net(batch), "channels_last": lambda: m.net(batch), "bf16": bf16},
+                   3 if quick else 15)
+    out["layouts"] = {"input": list(batch.shape), "contiguous_ms": ms["contiguous"],
+                      "channels_last_ms": ms["channels_last"],
+                      "speedup": round(ms["contiguous"] / ms["channels_last"], 2)}
+    rows = []
+    for label, fp32, _ in weights:
+        low = copy.copy(fp32)
+        low.precision = "bf16"
+        rows += [{"weights": label, "photo": name, **agreement(seg.predict(fp32, photo), seg.predict(low, photo),
+                                                               voc.CLASSES)} for name, (_, photo) in decoded.items()]
+    out["precision"] = {"input": list(batch.shape), "fp32_ms": ms["channels_last"], "bf16_ms": ms["bf16"],
+                        "speedup": round(ms["channels_last"] / ms["bf16"], 2), "pretrained_available": bool(pretrained),
+                        "agreement": rows}
+    out["batching"] = []
+    for threads in (1,) if quick else (1, os.cpu_count() or 1):
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            for size in (1, 2, 4):
+                b = batch.repeat(size, 1, 1, 1)
+                per = timed({"f": lambda: m.net(b)}, 1 if quick else 6, not quick)["f"] / size
+                out["batching"].append({"batch": size, "torch_threads": threads, "ms_per_image": round(per, 1)})
+    torch.set_num_threads(1)
+
+    # PNG vs the tutorial's JSON list: the cat at its own size (pretrained weights if cached),
+    # a synthetic two-region mask of that size (what a trained model gives), every photo size.
+    mask_model = pretrained or m
+    cat = seg.predict(mask_model, decoded["chelsea"][1])
+    out["mask_formats"] = {"image": f"scikit-image chelsea, {cat.shape[1]}x{cat.shape[0]}",
+                           "mask_shape": list(cat.shape), "classes_in_mask": len(np.unique(cat)),
+                           "weights": mask_model.weights, **formats(voc, cat, 3 if quick else 15),
+                           "json_gzip_bytes": len(gzip.compress(voc.mask_to_json(cat)))}
+    h, w = cat.shape
     yy, xx = np.mgrid[0:h, 0:w]
-    blob = (((yy - 0.55 * h) / (0.42 * h)) ** 2 + ((xx - 0.5 * w) / (0.33 * w)) ** 2) <= 1
-    synth = np.where(blob, 8, 0).astype(np.uint8)
-    png_ms, png = _median_ms(lambda: voc.mask_to_png(synth), repeat)
-    json_ms, js = _median_ms(lambda: voc.mask_to_json(synth), repeat)
-    result["mask_formats"]["synthetic_two_region"] = {
-        "what": "synthetic mask, same size: background + one ellipse of class 8 (cat); "
-                "stands in for a trained model's mask, not a model output",
-        "png_bytes": len(png), "json_bytes": len(js), "png_encode_ms": png_ms,
-        "json_encode_ms": json_ms, "size_ratio_json_over_png": round(len(js) / len(png), 1),
-        "time_ratio_json_over_png": round(json_ms / png_ms, 1) if png_ms else None,
-    }
-    print(json.dumps(result), flush=True)
+    synth = np.where(((yy - 0.55 * h) / (0.42 * h)) ** 2 + ((xx - 0.5 * w) / (0.33 * w)) ** 2 <= 1, 8, 0)
+    out["mask_formats"]["synthetic_two_region"] = formats(voc, synth.astype(np.uint8), 3 if quick else 15)
+    out["formats_by_size"] = [{"label": p["label"], "megapixels": p["megapixels"], **formats(voc, seg.predict(
+        mask_model, seg.decode_image(Path(p["path"]).read_bytes(), 10**8)), 1 if p["megapixels"] > 1 else 3)}
+        for p in photos]
+    return out
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cmd", choices=["limit", "model"])
+    parser.add_argument("what", nargs="?", default="forward,pipeline", help="limit: forward, pipeline or both")
     parser.add_argument("--lessons", default=str(ROOT / "lessons"))
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("limit")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seconds", type=float, default=10)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--image", required=True)
-    p = sub.add_parser("prep")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--image", required=True)
-    p.add_argument("--weights-out", required=True)
-    p.add_argument("--repeat", type=int, default=15)
+    for option in ("--image", "--signals", "--photos", "--weights-out"):
+        parser.add_argument(option)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    {"limit": limit, "prep": prep}[args.cmd](args)
+    torch.set_num_threads(1)  # before any torch work, as the app does
+    seg = import_module(Path(args.lessons), "02_segmentation", "segmentation")
+    voc = import_module(Path(args.lessons), "02_segmentation", "voc")
+    if args.cmd == "limit":
+        limit(args, seg, voc)
+    else:
+        print("RESULT " + json.dumps(model(args, seg, voc)), flush=True)
 
 
 if __name__ == "__main__":

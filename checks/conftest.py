@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from workshop import page
 from workshop.lessons import REFERENCE, import_module
 
 pytest_plugins = ["workshop.plugin", "workshop.progress"]
@@ -30,3 +32,15 @@ def reference():
     torch.set_num_threads(1)  # as the servers run it: same arithmetic, same mask
     segmentation = import_module(REFERENCE, "02_segmentation", "segmentation", as_name="reference_segmentation")
     return segmentation, segmentation.load_model("random")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """Debian's chromium (the guide's and the page's browser checks); under CI it must be there."""
+    path = page.find_chromium()
+    if path is None:
+        reason = "chromium is not installed (Debian: apt-get install chromium); the browser checks need it"
+        if os.environ.get("CI"):
+            pytest.fail(reason + ", and CI must have it: scripts/setup.sh installs it")
+        pytest.skip(reason)
+    return path

@@ -65,6 +65,31 @@ def test_exif_orientation_is_respected(seg):
         f"mask is {mask.shape}; an EXIF-rotated photo is displayed 300 wide, 451 high: use ImageOps.exif_transpose"
 
 
+def test_a_12_megapixel_jpeg_gets_a_mask_of_its_full_size_aligned(seg, reference):
+    photo = images.encode(images.photo_at(4000, 3000), "JPEG", quality=90)
+    served = mask_of(segment(seg, photo))
+    assert served.shape == (3000, 4000), \
+        f"mask is {served.shape[1]}x{served.shape[0]} for a 4000x3000 upload: a large JPEG may be decoded " \
+        "smaller (draft), but the mask must have the upload's own size"
+    assert np.array_equal(served, expected_mask(reference, photo)), "the mask differs from the reference pipeline's"
+    # Aligned: the same photo, 4x smaller, gives (nearly) the same mask once scaled up.
+    small = expected_mask(reference, images.encode(images.photo_at(1000, 750), "JPEG", quality=90))
+    agree = (served == np.asarray(Image.fromarray(small).resize((4000, 3000), Image.NEAREST))).mean()
+    assert agree > 0.85, f"only {agree:.0%} of the mask agrees with the small photo's: it does not line up " \
+                         "with the photo (scaled from the decoded size, not the upload's, or turned?)"
+
+
+def test_a_large_exif_rotated_jpeg_gets_an_upright_mask(seg):
+    upright = images.photo_at(3000, 4000)  # shown 3000 wide, 4000 high; stored sideways, EXIF says "turn me"
+    sideways = images.with_exif_rotation(upright.transpose(Image.Transpose.ROTATE_90), orientation=6)
+    served, plain = mask_of(segment(seg, sideways)), mask_of(segment(seg, images.encode(upright, "JPEG")))
+    assert served.shape == (4000, 3000), \
+        f"mask is {served.shape[1]}x{served.shape[0]}; the photo is displayed 3000x4000: turn the size with the pixels"
+    agree = (served == plain).mean()
+    assert agree > 0.85, f"only {agree:.0%} of the mask agrees with the same photo stored upright: " \
+                         "the mask does not line up with the photo as displayed"
+
+
 def test_json_and_png_carry_the_same_mask(seg):
     photo = images.photo_bytes()
     as_png, as_json = segment(seg, photo), segment(seg, photo, format="json")
@@ -80,10 +105,24 @@ def test_accept_header_chooses_the_format(seg):
     assert r.headers["Content-Type"] == "image/png", "Accept: image/png should get a PNG mask"
 
 
-def test_answer_names_the_classes_and_the_weights(seg):
+def test_answer_names_the_classes_the_weights_and_the_device(seg):
     r = segment(seg, images.photo_bytes())
     assert r.headers.get("X-Model-Weights") == "random", "every answer should say which weights served it"
     assert r.headers["X-Classes"].split(",") == voc.classes_in(mask_of(r))
+    ready = requests.get(seg.url + "/readyz", timeout=10).json()
+    assert r.headers.get("X-Model-Device") == ready.get("device") == usable_device(), \
+        f"the answer says X-Model-Device {r.headers.get('X-Model-Device')!r}, /readyz says " \
+        f"{ready.get('device')!r}; SEG_DEVICE=auto should give {usable_device()!r} on this machine"
+    assert ("gpu" in ready) == ready["device"].startswith("cuda"), \
+        "/readyz reports the GPU (name, memory) exactly when the model is on one"
+    assert "segmentation: device " + ready["device"] in seg.log(200), \
+        "the start log should say which device the model runs on"
+
+
+def usable_device() -> str:
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
 def test_model_is_built_once_per_process(seg):
@@ -164,6 +203,44 @@ def test_weights_file_is_loaded(lessons, reference, tmp_path):
         r = segment(server, photo)
         assert r.headers["X-Model-Weights"] == "file:my-weights.pth"
         assert np.array_equal(mask_of(r), expected_mask(reference, photo))
+
+
+def test_bf16_precision_serves(lessons, reference):
+    photo = images.photo_bytes()
+    with lesson_server(lessons, LESSON, env={"SEG_PRECISION": "bf16"}) as server:
+        assert requests.get(server.url + "/readyz", timeout=10).json()["precision"] == "bf16"
+        served = mask_of(segment(server, photo))
+    fp32 = expected_mask(reference, photo)
+    assert served.shape == fp32.shape
+    agree = (served == fp32).mean()
+    # Untrained weights put many pixels near a tie between two classes: bf16 flips some.
+    assert 0.9 < agree < 1, f"{agree:.2%} of the bf16 mask agrees with fp32's: " + (
+        "bf16 gave exactly the fp32 mask, is autocast applied?" if agree == 1 else "too far from fp32's")
+
+
+def test_unknown_precision_stops_the_start_clearly(lessons):
+    run = subprocess.run([sys.executable, "inference.py"], cwd=lessons / LESSON, capture_output=True,
+                         text=True, timeout=120, env=base_env({"SEG_PRECISION": "fp16", "PORT": "1"}))
+    assert run.returncode != 0, "the app started with SEG_PRECISION=fp16"
+    assert "SEG_PRECISION=fp16" in run.stderr and "Traceback" not in run.stderr, \
+        f"expected one clear line naming the setting, got:\n{run.stderr[-1500:]}"
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "tpu"])
+def test_a_device_that_is_not_there_stops_the_start_clearly(lessons, device):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has a usable CUDA device: SEG_DEVICE=cuda serves (checks/test_03_gpu.py)")
+    run = subprocess.run([sys.executable, "inference.py"], cwd=lessons / LESSON, capture_output=True,
+                         text=True, timeout=120, env=base_env({"SEG_DEVICE": device, "PORT": "1"}))
+    assert run.returncode != 0, f"the app started with SEG_DEVICE={device} on a machine without it"
+    lines = [line for line in run.stderr.splitlines() if f"SEG_DEVICE={device}" in line]
+    assert lines and "Traceback" not in run.stderr, \
+        f"expected one clear line naming SEG_DEVICE={device} and why, got:\n{run.stderr[-1500:]}"
+    if device.startswith("cuda"):
+        assert any(why in lines[0] for why in ("driver", "GPU", "CPU-only")), \
+            f"the line should name the cause (no driver, no device, a CPU-only torch): {lines[0]}"
 
 
 @pytest.mark.parametrize("content", [b"this is not a checkpoint", "wrong-shape"])

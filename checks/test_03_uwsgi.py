@@ -71,16 +71,44 @@ def test_big_request_headers_fit(uwsgi_server):
     assert outcome == 200, \
         f"a request with 6 KB of headers got: {outcome}; uWSGI's log says " \
         f"{'invalid request block size' if 'invalid request block size' in uwsgi_server.log(20) else 'nothing'}: " \
-        "give it an 8 KB buffer (`buffer-size`)"
+        "give it a bigger buffer (`buffer-size`)"
 
 
 def test_a_broken_app_stops_the_start(lessons):
     # A setting the app cannot read makes its import fail (ValueError). uWSGI
     # must then exit, so that a process manager sees it, not serve 500s without an app.
+    log = start_that_must_fail(lessons, {"SEG_MAX_BYTES": "10MB"})
+    assert "ValueError" in log, "the log should show why the app could not start"
+
+
+def test_a_gpu_that_is_not_there_stops_the_start(lessons):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a usable CUDA device: SEG_DEVICE=cuda serves (checks/test_03_gpu.py)")
+    log = start_that_must_fail(lessons, {"SEG_DEVICE": "cuda"})
+    assert "SEG_DEVICE=cuda: no CUDA device is usable" in log and "Traceback" not in log, \
+        "the log should say in one line, without a traceback, why there is no GPU " \
+        "(no driver, no device, a CPU-only torch)"
+    assert "segmentation: device cpu" not in log, "SEG_DEVICE=cuda must never fall back to the CPU"
+
+
+def test_answers_say_the_device(uwsgi_server):
+    import torch
+
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert segment(uwsgi_server).headers.get("X-Model-Device") == expected, \
+        f"every answer should say where it ran (X-Model-Device: {expected} with SEG_DEVICE=auto here)"
+    assert f"segmentation: device {expected} (SEG_DEVICE=auto" in uwsgi_server.log(400), \
+        "the start log should say which device SEG_DEVICE=auto chose"
+
+
+def start_that_must_fail(lessons, env: dict) -> str:
+    """Start lesson 03 with `env`; assert uWSGI exits instead of serving; its log."""
     run_dir = make_run_dir()
     port = free_port()
     server = started("uwsgi-broken-app", ["bash", "run.sh"], run_dir=run_dir, cwd=lessons / LESSON,
-                     env={"PORT": str(port), "RUN_DIR": str(run_dir), "SEG_MAX_BYTES": "10MB"},
+                     env={"PORT": str(port), "RUN_DIR": str(run_dir), **env},
                      url=f"http://127.0.0.1:{port}")
     try:
         def outcome():
@@ -94,7 +122,7 @@ def test_a_broken_app_stops_the_start(lessons):
         assert seen == "exited", \
             f"the app failed to import, yet uWSGI kept running and {seen} (\"no app loaded\" in its log): " \
             "a failed import must stop the start (`need-app`)"
-        assert "ValueError" in server.log(100), "the log should show why the app could not start"
+        return server.log(100)
     finally:
         stop(server)
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -7,11 +7,11 @@ import signal
 import pytest
 import requests
 
-from workshop import nginx
+from workshop import images, nginx
 from workshop.harness import LoadRun, lesson_server, started, stop
 from workshop.procs import descendants, wait_for
 
-from checks.utils import segment, upstream_kind
+from checks.utils import mask_of, segment, upstream_kind
 
 LESSON = "05_multi_upstream"
 
@@ -33,6 +33,18 @@ def test_round_robin_splits_100_requests_evenly(stack):
     assert set(counts) == {"unix", "tcp"}, f"only {dict(counts)} answered"
     assert all(45 <= n <= 55 for n in counts.values()), \
         f"round-robin should give each upstream 50 ± 5 of 100 sequential requests, got {dict(counts)}"
+
+
+@pytest.mark.parametrize("width, height", [(1024, 768), (4000, 3000)])
+def test_real_photos_cross_the_tls_socket(stack, width, height):
+    # A phone's photo is hundreds of KB: many TLS records, not one (16 KB).
+    photo = images.encode(images.photo_at(width, height))
+    assert len(photo) > 64_000
+    for _ in range(2):  # one to each upstream
+        r = requests.post(stack.url + "/infer", data=photo, params={"format": "png"}, timeout=60)
+        assert r.status_code == 200, f"a {len(photo) // 1000} KB photo got {r.status_code} via " \
+            f"{r.headers.get('X-Upstream')}: {r.text[:200]}"
+        assert mask_of(r).shape == (height, width)
 
 
 def test_each_upstream_is_its_own_uwsgi(stack):

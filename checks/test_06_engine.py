@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import collections
 import os
+import secrets
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import requests
 from PIL import Image
 
-from workshop import compose, engine as engines, images
+from workshop import compose, door, engine as engines, images
+from workshop.harness import LoadRun
 from workshop.procs import wait_for
 
 from checks.utils import assert_mask_through_nginx, mask_of, segment, upstream_kind
@@ -139,6 +143,141 @@ def test_engine_app_runs_as_non_root(engine):
         pid1 = engine.exec(service, "grep", "^Uid:", "/proc/1/status").stdout.split()
         assert uid not in ("", "0") and pid1[1:2] == [uid], \
             f"{service}: exec user {uid!r}, uWSGI (pid 1) {pid1}: both must be the app user, not root"
+
+
+# A stranger's knock: the packet (hex) sent to port 8001 of each host named.
+KNOCK = """
+import socket, sys
+for host in sys.argv[2:]:
+    try:
+        s = socket.create_connection((host, 8001), timeout=5)
+    except OSError as exc:
+        print(host, "cannot connect:", type(exc).__name__)
+        continue
+    with s:
+        s.sendall(bytes.fromhex(sys.argv[1]))
+        s.settimeout(10)
+        try:
+            print(host, "connected, answer:", s.recv(100))
+        except OSError as exc:
+            print(host, "connected, no answer:", type(exc).__name__)
+"""
+
+
+@engine_check
+def test_engine_only_nginx_reaches_uwsgi_tcp(engine):
+    # The uwsgi protocol has no login: this packet asks uWSGI to run `touch`.
+    marker = f"/tmp/knocked-{secrets.token_hex(4)}"
+    knock = door.packet({**door.REQUEST, "SCRIPT_NAME": "/knock",
+                         "UWSGI_FILE": f"exec://touch {marker}"}).hex()
+    address = engine.address("uwsgi-tcp", "upstreams")
+    # Not on `upstreams`: neither its name nor its address gets through, from
+    # nginx's other network (default) or from uwsgi-uds, which has no network.
+    outside = {"a container on the default network": engine.stranger("default", KNOCK, knock,
+                                                                      "uwsgi-tcp", address),
+               "uwsgi-uds": engine.exec("uwsgi-uds", "python", "-c", KNOCK, knock, "uwsgi-tcp",
+                                        address).stdout}
+    for who, said in outside.items():
+        assert said.count("cannot connect") == 2, \
+            f"{who} should not reach uwsgi-tcp ({address}:8001) at all, it says:\n{said}"
+    # On it (here: uwsgi-tcp itself), the packet arrives and max-apps = 1 refuses it.
+    inside = engine.exec("uwsgi-tcp", "python", "-c", KNOCK, knock, "127.0.0.1").stdout
+    assert "connected" in inside, f"the knock from inside uwsgi-tcp should connect: {inside}"
+    files = engine.exec("uwsgi-tcp", "ls", "/tmp").stdout.split()
+    assert marker.rsplit("/", 1)[1] not in files, \
+        f"UWSGI_FILE=exec:// ran a command in uwsgi-tcp: max-apps = 1 should refuse it\n{engine.logs()}"
+
+
+def reload_nginx(engine) -> None:
+    out = engine.exec("nginx", "nginx", "-s", "reload")
+    assert out.returncode == 0 and "emerg" not in out.stderr, out.stderr
+
+
+def answered_by(upstreams: str) -> str:
+    """The server that answered, from X-Upstream: the last one nginx tried ("A:8001, unix:..." was retried)."""
+    return upstreams.split(", ")[-1]
+
+
+def tcp_addresses(engine, count: int = 8) -> set[str]:
+    """The TCP addresses that answered `count` requests on their own, without a retry."""
+    return {r.headers["X-Upstream"] for r in (segment(engine.url) for _ in range(count))
+            if upstream_kind(r) == "tcp" and ", " not in r.headers["X-Upstream"]}
+
+
+@engine_check
+def test_engine_stop_is_graceful_requests_in_flight_finish(engine):
+    grace = 40   # stop_grace_period = uWSGI's mercy (test_06_files.py checks they agree)
+    hold = 4     # seconds a held request takes (?delay=, SEG_DEBUG_DELAY=1 in engine.py's stack)
+    held = []
+
+    def hold_one():
+        r = segment(engine.url, delay=hold)
+        held.append((r.status_code, r.headers.get("X-Upstream", "")))
+
+    # Two held requests, one after the other: round-robin gives each upstream one.
+    holders = [threading.Thread(target=hold_one) for _ in range(2)]
+    for t in holders:
+        t.start()
+        time.sleep(0.3)
+    tcp = engine.container_id("uwsgi-tcp")
+    with LoadRun(lambda: segment(engine.url).status_code, count=30, at_once=2, max_seconds=120) as load:
+        time.sleep(0.5)
+        stop_at = time.monotonic()
+        engine.run("stop", "uwsgi-tcp", timeout=grace + 30)
+        stopped_in = time.monotonic() - stop_at
+    for t in holders:
+        t.join(timeout=60)
+    engine.metrics["graceful_stop_seconds"] = round(stopped_in, 1)
+    failed = [o for o in load.outcomes if o != 200] + [h for h in held if h[0] != 200]
+    assert len(held) == 2 and load.done() == 30 and not failed, \
+        f"every request should get its 200 while uwsgi-tcp stops: held {held}, " \
+        f"{len(failed)} failed {collections.Counter(map(str, failed))}\n{engine.logs()}"
+    on_tcp = [up for _, up in held if ", " not in up and not up.startswith("unix:")]
+    assert on_tcp, f"the request uwsgi-tcp held when SIGTERM came should have finished there, " \
+                   f"not been retried elsewhere: {held}"
+    exit_code = engine.inspect(tcp, "{{.State.ExitCode}}")
+    engine.metrics["graceful_stop_exit_code"] = exit_code
+    assert stopped_in < grace - 5 and exit_code == "0", \
+        f"uwsgi-tcp took {stopped_in:.1f} s to stop, exit code {exit_code} (137 = SIGKILL): " \
+        f"a graceful stop ends when the requests do, not at the end of the {grace} s grace period"
+    # Back for the checks after this one: start it again, and let nginx look it up again.
+    engine.run("up", "-d", "--no-deps", "--no-recreate", "--wait", "--wait-timeout", "240", "uwsgi-tcp",
+               timeout=300)
+    reload_nginx(engine)
+    wait_for(lambda: tcp_addresses(engine), timeout=30, interval=1, what="uwsgi-tcp to answer again")
+
+
+@engine_check
+def test_engine_rolling_recreate_loses_no_request(engine):
+    before = tcp_addresses(engine)
+    assert len(before) == 1, f"one uwsgi-tcp should answer before the recreate: {before}"
+
+    def one():
+        return segment(engine.url).status_code
+
+    # The recreate under load (the old container's graceful stop, the gap),
+    # then nginx's reload under load: 120 requests in all, none may fail.
+    with LoadRun(one, count=90, at_once=3, max_seconds=240) as during_recreate:
+        time.sleep(1)
+        engine.run("up", "-d", "--no-deps", "--force-recreate", "--wait", "--wait-timeout", "240",
+                   "uwsgi-tcp", timeout=300)
+        recreated_after = during_recreate.done()
+    new = f"{engine.address('uwsgi-tcp', 'upstreams')}:8001"
+    # nginx looked uwsgi-tcp up when it started; the new container may have a
+    # new address. A reload looks it up again.
+    with LoadRun(one, count=30, at_once=3, max_seconds=120) as during_reload:
+        time.sleep(0.5)
+        reload_nginx(engine)
+    outcomes = during_recreate.outcomes + during_reload.outcomes
+    failed = [o for o in outcomes if o != 200]
+    assert len(outcomes) == 120 and not failed, \
+        f"{len(failed)} of {len(outcomes)} requests failed while uwsgi-tcp was recreated and nginx " \
+        f"reloaded: {collections.Counter(failed)}\n{engine.logs()}"
+    engine.metrics["recreate"] = {"before": sorted(before), "after": new,
+                                  "requests_during_recreate": recreated_after}
+    after = wait_for(lambda: tcp_addresses(engine) or None, timeout=30, interval=1,
+                     what="the new uwsgi-tcp to answer after nginx reloads")
+    assert after == {new}, f"after the reload nginx should send to the new uwsgi-tcp, {new}, not {after}"
 
 
 @engine_check

@@ -1,7 +1,8 @@
 """Lesson 06, the files: lint and the promises the Dockerfiles and the compose file make.
 
 Seconds, no container engine: hadolint on both Dockerfiles; Compose v2
-itself parses docker-compose.yaml (`docker-compose config`); the compose
+itself parses docker-compose.yaml (`docker-compose config`), alone and with
+its GPU variant docker-compose.gpu.yaml on top; the compose
 file's promises (no `version:`, only nginx publishes a port, ...), the
 Dockerfiles' (slim base, not root, the lessons' own files), and
 `.dockerignore` sending what the images copy and little else.
@@ -41,11 +42,55 @@ def test_hadolint_finds_nothing(lesson, name):
     assert out.returncode == 0, f"hadolint {name}:\n{out.stdout}{out.stderr}"
 
 
+def test_hadolint_finds_nothing_in_the_dev_container():
+    dockerfile = ROOT / ".devcontainer" / "Dockerfile"
+    out = subprocess.run([tool("hadolint"), "--no-color", str(dockerfile)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"hadolint .devcontainer/Dockerfile:\n{out.stdout}{out.stderr}"
+
+
 def test_compose_v2_parses_the_file_without_warnings(lesson):
     out = subprocess.run([tool("docker-compose"), "-f", str(lesson / compose.COMPOSE_FILE),
                           "config", "--quiet"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and not out.stderr.strip(), \
         f"docker-compose config says:\n{out.stderr}"
+
+
+def test_compose_v2_parses_the_gpu_variant_without_warnings(lesson):
+    out = subprocess.run([tool("docker-compose"), "-f", str(lesson / compose.COMPOSE_FILE),
+                          "-f", str(lesson / compose.GPU_FILE), "config", "--quiet"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and not out.stderr.strip(), \
+        f"docker-compose config (with {compose.GPU_FILE}) says:\n{out.stderr}"
+
+
+def test_gpu_variant_asks_for_the_gpu_and_changes_nothing_else(lesson):
+    # Linted and compared here; it runs only where a GPU and NVIDIA's container toolkit are.
+    raw = yaml.safe_load((lesson / compose.GPU_FILE).read_text())
+    assert "version" not in raw, "the Compose specification has no `version:` key: remove it"
+    cpu = compose.config(lesson / compose.COMPOSE_FILE)["services"]
+    gpu = compose.config([lesson / compose.COMPOSE_FILE, lesson / compose.GPU_FILE])["services"]
+    assert set(gpu) == SERVICES and gpu["nginx"] == cpu["nginx"], f"{compose.GPU_FILE} leaves nginx alone"
+    build = gpu["uwsgi-uds"]["build"]
+    assert build["dockerfile"] == cpu["uwsgi-uds"]["build"]["dockerfile"], "the same Dockerfile-python"
+    assert build.get("args", {}).get("TORCH_INDEX_URL") == "", \
+        "TORCH_INDEX_URL empty: torch from PyPI, the CUDA build (the default index is CPU-only)"
+    for name in ("uwsgi-uds", "uwsgi-tcp"):
+        service = gpu[name]
+        assert service["command"][:3] == cpu[name]["command"][:3], f"{name}: the same .ini as on the CPU"
+        assert service["image"] != cpu[name]["image"], f"{name}: a tag of its own, so the CPU image stays"
+        assert service["environment"].get("SEG_DEVICE") == "cuda", \
+            f"{name}: SEG_DEVICE=cuda, so that a missing GPU stops the start instead of serving on the CPU"
+        assert "compute" in service["environment"].get("NVIDIA_DRIVER_CAPABILITIES", ""), \
+            f"{name}: the container needs the driver's CUDA (NVIDIA_DRIVER_CAPABILITIES=compute,utility)"
+        assert {k: v for k, v in service["environment"].items()
+                if k not in ("SEG_DEVICE", "NVIDIA_DRIVER_CAPABILITIES")} == cpu[name]["environment"]
+        devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices), \
+            f"{name}: ask for the GPU (deploy.resources.reservations.devices: driver nvidia, capabilities [gpu])"
+        assert {k: v for k, v in service.items() if k not in ("build", "image", "command", "environment", "deploy")} \
+            == {k: v for k, v in cpu[name].items() if k not in ("build", "image", "command", "environment", "deploy")}, \
+            f"{name}: only the image, the workers, the device and the GPU change"
 
 
 def test_compose_file_keeps_its_promises(lesson):
@@ -75,6 +120,51 @@ def test_compose_file_keeps_its_promises(lesson):
     assert services["nginx"]["environment"]["TCP_UPSTREAM"].startswith("uwsgi-tcp:")
 
 
+def test_uwsgi_sockets_are_locked_by_place(lesson):
+    # The uwsgi protocol has no login: who can connect can ask for a command
+    # (UWSGI_FILE=exec://...). Lesson 06's images carry no certificates, so
+    # the lock is where the sockets are, and max-apps = 1 in the .ini files.
+    config = compose.config(lesson / compose.COMPOSE_FILE)
+    services, networks = config["services"], config.get("networks", {})
+    assert services["uwsgi-uds"].get("network_mode") == "none", \
+        "uwsgi-uds is reached through the socket on the volume: give it `network_mode: none`"
+    tcp_networks = set(services["uwsgi-tcp"].get("networks") or {"default": None})
+    for name in tcp_networks:
+        assert networks.get(name, {}).get("internal") is True, \
+            f"uwsgi-tcp is on network {name!r}: put it only on an `internal: true` network"
+        members = {s for s, service in services.items() if name in (service.get("networks") or {})}
+        assert members == {"nginx", "uwsgi-tcp"}, \
+            f"network {name!r} is for nginx and uwsgi-tcp only, not {sorted(members - {'nginx', 'uwsgi-tcp'})}"
+    published_on = set(services["nginx"].get("networks") or {"default": None})
+    assert any(not networks.get(n, {}).get("internal") for n in published_on), \
+        "nginx's published port needs an ordinary (not internal) network too"
+    for ini in ("uwsgi-uds.ini", "uwsgi-tcp.ini"):
+        assert re.search(r"^max-apps\s*=\s*1\s*$", (lesson / ini).read_text(), re.M), \
+            f"{ini}: max-apps = 1, so that a packet cannot load another app"
+
+
+def seconds(duration: str) -> float:
+    """A Compose duration (40s, 1m30s, 1.5s) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"([\d.]+)(ms|h|m|s)", duration)
+    assert parts, f"not a Compose duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_stop_grace_period_is_uwsgis_mercy(lesson):
+    # SIGTERM is a graceful stop: uWSGI waits for its workers, up to the
+    # mercy. Docker's default 10 s would SIGKILL requests still running.
+    workers = (lesson.parent / "03_uwsgi" / "workers.ini").read_text()
+    assert re.search(r"^hook-master-start\s*=\s*unix_signal:15 gracefully_kill_them_all\s*$", workers, re.M), \
+        "lesson 03's workers.ini should make SIGTERM a graceful stop"
+    mercy = int(re.search(r"^worker-reload-mercy\s*=\s*(\d+)", workers, re.M).group(1))
+    services = compose.config(lesson / compose.COMPOSE_FILE)["services"]
+    for name in ("uwsgi-uds", "uwsgi-tcp"):
+        grace = services[name].get("stop_grace_period")
+        assert grace and seconds(grace) >= mercy, \
+            f"{name}: stop_grace_period should be uWSGI's mercy, {mercy}s (worker-reload-mercy), not {grace}"
+
+
 def test_no_world_writable_socket_anywhere(lesson):
     # (comments may say why not: only what the files do counts)
     texts = {compose.COMPOSE_FILE: json.dumps(compose.config(lesson / compose.COMPOSE_FILE))}
@@ -101,8 +191,10 @@ def test_dockerfiles_keep_their_promises(lesson):
     assert len(ngx) == 1 and re.fullmatch(r"nginx:1\.\d+(\.\d+)?", ngx[0][0][1]), \
         "Dockerfile-nginx: FROM a pinned official nginx, e.g. nginx:1.27"
     dests = {dest for _, dest in copy_lines(ngx[0])}
-    assert dests == {"/etc/nginx/templates/"}, \
-        "the templates go to /etc/nginx/templates/: the image renders them at start"
+    page = compose.config(lesson / compose.COMPOSE_FILE)["services"]["nginx"]["environment"]["STATIC_ROOT"]
+    assert dests == {"/etc/nginx/templates/", page.rstrip("/") + "/"}, \
+        "the templates go to /etc/nginx/templates/ (the image renders them at start), " \
+        f"the page to STATIC_ROOT ({page}), nowhere else"
 
 
 def test_images_use_the_lessons_own_files(lesson):
@@ -116,7 +208,12 @@ def test_images_use_the_lessons_own_files(lesson):
                    "lessons/05_multi_upstream/inference2.ini"):
         assert needed in sources, f"Dockerfile-python should COPY {needed}, the lesson's own file"
     ngx = Image(lesson / "Dockerfile-nginx", context)
-    assert {p.name for p in ngx.files.values()} == {"inference.conf.template", "upstream.conf.template"}
+    templates = {p.name for dest, p in ngx.files.items() if dest.startswith("/etc/nginx/templates/")}
+    assert templates == {"inference.conf.template", "upstream.conf.template"}
+    page = {p.relative_to(ROOT).as_posix() for dest, p in ngx.files.items()
+            if not dest.startswith("/etc/nginx/templates/")}
+    static = {p.relative_to(ROOT).as_posix() for p in (ROOT / "lessons/04_nginx/static").rglob("*") if p.is_file()}
+    assert page == static, "Dockerfile-nginx should COPY lesson 04's page, lessons/04_nginx/static/, and only it"
 
 
 # Docker's .dockerignore rules, as moby's patternmatcher applies them (see workshop/dockerignore.py).

@@ -1,37 +1,90 @@
 """The benchmark (bench/, ./workshop.sh bench) runs end to end in quick mode and writes its files.
 
-A smoke check only: it never asserts a speed, only that every stage ran
-without an error and that results.json, results.md and chart.png exist.
+A smoke check: it never asserts a speed. It asserts that every stage ran
+without an error, that each row is compared with both bars (the forward-pass
+limit and the pipeline), that the curves over photo sizes and connections
+are there, that every target says whether it was met, and that the files exist.
 """
 
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ["limit", "mask_formats", "naive", "lesson02", "lesson03_fork", "lesson03_sweep",
-          "lesson04", "lesson05", "echo"]
+STAGES = ["model", "mask_formats", "limit", "lesson02", "lesson03_fork", "lesson03_sweep", "limit_again",
+          "lesson04", "lesson05"]
 
 
-@pytest.mark.timeout(240)
-def test_quick_benchmark_runs_and_writes_its_files(tmp_path):
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin"):
             pytest.skip(f"{tool} is not installed: run ./workshop.sh setup")
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=220)
-    assert (tmp_path / "results.json").exists(), \
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run([str(ROOT / "workshop.sh"), "bench", "--quick", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=230)
+    assert (out / "results.json").exists(), \
         f"the benchmark wrote no results.json (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-    results = json.loads((tmp_path / "results.json").read_text())
+    return proc, out, json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.timeout(240)
+def test_quick_benchmark_runs_every_stage_and_writes_its_files(quick):
+    proc, out, results = quick
     stages = results["stages"]
     missing = [s for s in STAGES if s not in stages]
     assert not missing, f"stages missing from results.json: {missing}"
     broken = {s: v["error"] for s, v in stages.items() if isinstance(v, dict) and "error" in v}
     assert not broken, f"stages that failed: {broken}\n{proc.stderr[-3000:]}"
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| stage |" in (tmp_path / "results.md").read_text()
-    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| stage |" in (out / "results.md").read_text()
+    assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "chart.png is not a PNG"
+
+
+def test_every_stage_is_compared_with_both_limits(quick):
+    _, _, results = quick
+    limits = results["limits"]
+    assert limits["forward_images_per_s"] > 0 and limits["pipeline_images_per_s"] > 0, limits
+    stages = {row["stage"] for row in results["headline"]}
+    for stage in ("limit: the forward pass alone", "the app's pipeline, no HTTP", "lesson 02: Flask dev server",
+                  "lesson 03: uWSGI http-socket", "lesson 04: nginx -> uWSGI", "lesson 05: nginx -> 2 upstreams"):
+        assert stage in stages, f"no row for {stage!r} in the table of stages"
+    for row in results["headline"]:
+        assert row["x_forward"] is not None and row["x_pipeline"] is not None, \
+            f"{row['stage']}: no ratio to both limits"
+        assert row["x_forward"] == pytest.approx(row["images_per_s"] / limits["forward_images_per_s"], abs=0.01)
+
+
+def test_the_cost_curves_cover_sizes_and_connections(quick):
+    _, _, results = quick
+    l05 = results["stages"]["lesson05"]
+    assert [r["connections"] for r in l05["by_connections"]] == [1, 2, 4]
+    sizes = [r["label"] for r in l05["by_size"]]
+    assert sizes == ["256x256", "12 MP"], sizes
+    for row in l05["by_size"]:
+        assert row["unloaded"]["status"] == 200, f"the {row['label']} photo got {row['unloaded']}"
+        assert row["memory"]["peak_rss_mb_per_worker"] > 0
+    model = results["stages"]["model"]
+    assert [r["label"] for r in model["formats_by_size"]] == sizes
+    assert all(r["json_bytes"] > r["png_bytes"] for r in model["formats_by_size"])
+    steps = [s["step"] for s in model["profile"][0]["steps"]]
+    assert "forward pass" in steps and steps[-1] == "whole request", steps
+    assert {r["photo"] for r in model["before_vs_after"]} == {"chelsea", "astronaut", "coffee"}
+    assert {r["batch"] for r in model["batching"]} == {1, 2, 4}
+    assert model["precision"]["agreement"], "no bf16 vs fp32 agreement measured"
+
+
+def test_every_target_says_whether_it_was_met(quick):
+    _, out, results = quick
+    targets = results["targets"]
+    said = " ".join(t["target"] for t in targets)
+    for words in ("0.85× the forward-pass limit", "p99 ≤ 2× p50", "no failed request", "outside the forward pass",
+                  "12-megapixel"):
+        assert words in said, f"no target about {words!r}: {said}"
+    text = (out / "results.md").read_text()
+    for t in targets:
+        met = {True: "yes", False: "**no**", None: "shown"}[t["met"]]
+        assert f"| {t['target']} | {t['measured']} | {met} |" in text, f"results.md does not say: {t}"

@@ -21,7 +21,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,24 +122,7 @@ def test_pages_load_nothing_from_other_hosts(site):
 
 
 # ------------------------------------------------------------ the browser
-
-def find_chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        if path := shutil.which(name):
-            return path
-    return None
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        reason = "chromium is not installed (Debian: apt-get install chromium); the browser checks need it"
-        if os.environ.get("CI"):
-            pytest.fail(reason + ", and CI must have it: scripts/setup.sh installs it")
-        pytest.skip(reason)
-    return path
-
+# (the chromium fixture is in conftest.py)
 
 @pytest.fixture(scope="module")
 def served(site):
@@ -365,7 +347,7 @@ def test_docs_name_only_things_that_exist():
 def test_the_stale_check_catches_stale_things():
     """The check above is only worth something if it fails on a stale line."""
     page = "Run `./workshop.sh {sub}` then\n```bash\nlessons/{lesson}/run.sh\n./workshop.sh check {n}\n```\n"
-    sub, lesson, n = "frobnicate", "07_magic", "07"
+    sub, lesson, n = "frobnicate", "42_magic", "42"
     found = [p for c in instructions(page.format(sub=sub, lesson=lesson, n=n)) for _, p in stale_things(c)]
     assert any(p.startswith(f"./workshop.sh {sub} ") for p in found), found
     assert f"lessons/{lesson}/run.sh does not exist" in found, found
@@ -515,7 +497,10 @@ NOT_MEASURED = [
     ("10 MB", r"client_max_body_size|SEG_MAX_BYTES|upload", "the workshop's upload limit, nginx's and the app's"),
     ("1 MB", r"client_max_body_size|nginx's", "nginx's default client_max_body_size"),
     ("4 KB", r"buffer", "uWSGI's default buffer-size"),
-    ("8 KB", r"buffer-size|headers", "the buffer-size workers.ini sets"),
+    ("8 KB", r"buffer|headers", "nginx's header buffers (large_client_header_buffers)"),
+    ("16 KB", r"buffer|headers|TLS record", "nginx's header buffers in all; the size of one TLS record"),
+    ("12 KB", r"headers", "the headers lesson 04's hostile check sends"),
+    ("64 KB", r"buffer-size|packet", "the largest uwsgi packet, workers.ini's buffer-size"),
     ("6 KB", r"headers|cookies", "the header size lesson 03's check sends"),
     ("6 GB", r"disk", "the free disk the virtualenv needs"),
     ("13 MB", r"weights", "the size of torchvision's pretrained weights file"),
@@ -523,6 +508,8 @@ NOT_MEASURED = [
     ("5.99 GB", r"image", "a container image's size (lesson 06, the podman stand-in)"),
     ("1.2 GB", r"image|build", "a container image's size (lesson 06, the podman stand-in)"),
     ("98 MB", r"nginx image", "a container image's size (lesson 06, the podman stand-in)"),
+    ("100 ms", r"netem|delay", "the latency lesson 08 adds to one link with tc netem"),
+    ("20 ms", r"netem|jitter", "the jitter lesson 08 adds to that latency"),
 ]
 
 

@@ -13,7 +13,9 @@ import requests
 
 from workshop import images
 from workshop.harness import uwsgi_stats
+from workshop.door import listening_ports
 from workshop.lessons import REFERENCE, import_module
+from workshop.procs import descendants
 
 # A 256x256 JPEG: small enough for load runs, big enough to be a real photo.
 PHOTO_256 = images.encode(images.photo().resize((256, 256)), "JPEG")
@@ -46,6 +48,21 @@ def mask_of(resp: requests.Response):
     assert resp.status_code == 200, f"/infer answered {resp.status_code}: {resp.text[:300]}"
     kind = resp.headers["Content-Type"]
     return voc.mask_from_png(resp.content) if kind == "image/png" else voc.mask_from_json(resp.content)
+
+
+def uwsgi_tcp_ports(server) -> set[int]:
+    """The TCP ports that the uWSGI processes a lesson's run.sh started listen on."""
+    pids = [pid for pid in descendants(server.pid) if _comm(pid) == "uwsgi"]
+    assert pids, f"{server.name} runs no uWSGI process"
+    return listening_ports(pids)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def docs_hooks():
@@ -136,3 +153,19 @@ def uwsgi_workers(server) -> dict[int, tuple[int, int, int]]:
     or killed by harakiri, from the stats server. Equal before and after = no worker lost."""
     return {w["id"]: (w["pid"], w["respawn_count"], w["harakiri_count"])
             for w in uwsgi_stats(server.run_dir / "stats.sock")["workers"]}
+
+
+def busy_workers(server, stats: str = "stats.sock") -> int:
+    """How many of a uWSGI server's workers are serving a request right now (0 if it is gone)."""
+    try:
+        return sum(w["status"] == "busy" for w in uwsgi_stats(server.run_dir / stats)["workers"])
+    except OSError:
+        return 0
+
+
+def outcome(server, **params) -> int | str:
+    """segment()'s status code, or "connection cut" when the server closed it without an answer."""
+    try:
+        return segment(server, **params).status_code
+    except requests.ConnectionError:
+        return "connection cut"

@@ -4,7 +4,8 @@
 #   - RUN_DIR: where sockets, logs and rendered configs go (not the repo);
 #   - start_bg / wait_ready / watch_all: start servers, wait until the stack
 #     answers (stop everything if one dies on the way), then keep watching
-#     until Ctrl-C, which stops *all* of them and removes their sockets.
+#     until Ctrl-C, which stops *all* of them gracefully (requests in flight
+#     finish, for at most STOP_MERCY seconds) and removes their sockets.
 set -euo pipefail
 
 LESSON_DIR=$(cd "$(dirname "${BASH_SOURCE[1]}")" && pwd)
@@ -24,40 +25,62 @@ mkdir -p "$RUN_DIR"
 chmod 755 "$RUN_DIR"       # nginx's workers must be able to reach the socket in it
 export RUN_DIR
 
-_pids=()
+# How long a stop may take before what is left is killed: the mercy that
+# lessons/03_uwsgi/workers.ini explains (harakiri's 30 s plus time to exit).
+export STOP_MERCY=${STOP_MERCY:-40}
+
+_pids=() _names=()
 start_bg() {  # start_bg NAME CMD...: run CMD in the background, remember it
     local name=$1; shift
     echo "[run] $name: $*"
     # setsid: the server gets its own session, so Ctrl-C reaches only this
     # script, which then stops each server once, in order. (A uWSGI worker
-    # hit by the terminal's SIGINT *and* by its master's stop signal can
-    # deadlock in torch's exit handlers.)
+    # that gets a stop signal itself ends at once, cutting its request; one
+    # hit by the terminal's SIGINT *and* by its master can even deadlock in
+    # torch's exit handlers.)
     setsid "$@" &
-    _pids+=($!)
+    _pids+=($!) _names+=("$name")
     trap stop_all INT TERM EXIT   # from now on, any exit stops what we started
 }
 
 stop_all() {
-    trap - INT TERM EXIT
+    trap - EXIT
+    trap _kill_all INT TERM       # Ctrl-C again: stop waiting, kill at once
     if [ ${#_pids[@]} -gt 0 ]; then
-        echo "[run] stopping ${#_pids[@]} process(es)..."
-        kill -TERM "${_pids[@]}" 2>/dev/null || true
-        # Give them 20 s to stop cleanly, then kill what is left, children too
-        # (setsid made each server the leader of its own process group).
-        for _ in $(seq 200); do
-            kill -0 "${_pids[@]}" 2>/dev/null || break
-            sleep 0.1
+        echo "[run] stopping ${#_pids[@]} process(es): requests in flight finish first" \
+             "(at most ${STOP_MERCY} s; Ctrl-C again stops at once)"
+        local i
+        for i in "${!_pids[@]}"; do
+            # Graceful for both: nginx stops on QUIT (its TERM would drop the
+            # requests in flight), uWSGI on TERM (workers.ini).
+            case ${_names[$i]} in
+                nginx*) kill -QUIT "${_pids[$i]}" 2>/dev/null || true ;;
+                *)      kill -TERM "${_pids[$i]}" 2>/dev/null || true ;;
+            esac
         done
-        for pid in "${_pids[@]}"; do
-            if kill -0 "$pid" 2>/dev/null; then
-                echo "[run] $pid ignored SIGTERM: killing its process group" >&2
-                kill -KILL -- "-$pid" 2>/dev/null || true
-            fi
-        done
+        local deadline=$((SECONDS + STOP_MERCY))
+        while _any_alive && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+        _kill_all
         wait 2>/dev/null || true
     fi
     rm -f "$RUN_DIR"/*.sock
     echo "[run] stopped"
+}
+
+_any_alive() {  # is any process left in the servers' process groups (setsid made one each)?
+    local pid
+    for pid in "${_pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && return 0; done
+    return 1
+}
+
+_kill_all() {  # SIGKILL whatever is left of each server, its workers too
+    local pid
+    for pid in "${_pids[@]}"; do
+        if kill -0 -- "-$pid" 2>/dev/null; then
+            echo "[run] process group $pid still running: killing it" >&2
+            kill -KILL -- "-$pid" 2>/dev/null || true
+        fi
+    done
 }
 
 wait_ready() {  # wait_ready URL [FILE...]: until URL answers and the FILEs exist

@@ -15,7 +15,8 @@ install_with_brew() {
     local formulae=()
     for pkg in "${need[@]}"; do
         case "$pkg" in
-            nginx|curl|wrk) formulae+=("$pkg") ;;
+            nginx|curl|wrk|prometheus) formulae+=("$pkg") ;;
+            prometheus-nginx-exporter) formulae+=(nginx-prometheus-exporter) ;;
             npm) formulae+=(node) ;;
             util-linux) formulae+=(util-linux) ;;   # setsid (keg-only: see below)
             build-essential|python3-dev) say "needs a C compiler: xcode-select --install" ;;
@@ -38,6 +39,10 @@ command -v curl  >/dev/null || need+=(curl)
 command -v wrk   >/dev/null || need+=(wrk)        # the benchmark's load generator
 command -v ss    >/dev/null || need+=(iproute2)      # "who uses this port?" in the checks' hints
 command -v setsid >/dev/null || need+=(util-linux)
+# Lesson 07: a real Prometheus, and the exporter of nginx's stub_status.
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v prometheus-nginx-exporter >/dev/null || command -v nginx-prometheus-exporter >/dev/null ||
+    need+=(prometheus-nginx-exporter)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 # The pinned requirements (numpy, pymdown-extensions) need Python 3.11.5 or newer.
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11, 5))' || {
@@ -82,6 +87,12 @@ if [ ${#need[@]} -gt 0 ] || [ ${#optional[@]} -gt 0 ]; then
     fi
     if [ ${#need[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+        # Debian starts Prometheus and its exporters as services on install, on
+        # the ports lesson 07 uses (9090, 9113): the workshop runs its own copies.
+        if [[ " ${need[*]} " == *" prometheus"* ]] && [ -d /run/systemd/system ]; then
+            $SUDO systemctl disable --now prometheus prometheus-nginx-exporter \
+                prometheus-node-exporter 2>/dev/null || true
+        fi
     fi
     if [ ${#optional[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${optional[@]}" >/dev/null \

@@ -4,6 +4,8 @@ lessons      where the lessons live (reference or a learner's workspace), their 
 procs        start/stop servers as process groups, wait for them, free ports
 harness      run a lesson's own run.sh on free ports for a check; bounded load runs
 nginx        render nginx configs from one template, run nginx without root
+certs        a private CA and the certificates nginx and uWSGI show each other (lesson 05)
+door         knock on a uwsgi socket as a stranger would; the TCP ports a process listens on
 images       sample photos and deliberately broken uploads
 markers      the exercise markers' syntax (read by the guide, nginx and the workspace tool)
 exercises    exercise mode: the workspace, hints, reset, progress (./workshop.sh workspace|hint|reset)

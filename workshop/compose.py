@@ -20,6 +20,7 @@ from .tools import tool
 
 LESSON = "06_docker"
 COMPOSE_FILE = "docker-compose.yaml"
+GPU_FILE = "docker-compose.gpu.yaml"   # the NVIDIA variant: applied on top of COMPOSE_FILE
 
 
 def lesson_folder(lessons: Path) -> Path:
@@ -30,9 +31,12 @@ def lesson_folder(lessons: Path) -> Path:
     return folder
 
 
-def config(compose_file: Path, env: dict | None = None) -> dict:
-    """The compose file as Compose v2 reads it: interpolated, defaults filled in."""
-    out = subprocess.run([tool("docker-compose"), "-f", str(compose_file), "config", "--format", "json"],
+def config(compose_file: Path | list[Path], env: dict | None = None) -> dict:
+    """The compose file (or files, each applied on top of the one before) as
+    Compose v2 reads it: interpolated, merged, defaults filled in."""
+    files = [compose_file] if isinstance(compose_file, Path) else compose_file
+    out = subprocess.run([tool("docker-compose"), *(a for f in files for a in ("-f", str(f))),
+                          "config", "--format", "json"],
                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=60)
     # (an invalid project can exit 0 with nothing on stdout: the reason is on stderr)
     assert out.returncode == 0 and out.stdout.strip(), f"docker-compose config failed: {out.stderr.strip()}"

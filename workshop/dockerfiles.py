@@ -97,6 +97,10 @@ class Image:
         for source in sources:
             matches = sorted(glob.glob(str(self.context / source))) or [str(self.context / source)]
             for match in map(Path, matches):
+                if match.is_dir():  # a folder: its contents go into dest, as Docker copies them
+                    for inner in sorted(p for p in match.rglob("*") if p.is_file()):
+                        self.files[os.path.join(target, inner.relative_to(match).as_posix())] = inner
+                    continue
                 into_dir = dest.endswith("/") or len(sources) > 1
                 path = os.path.join(target, match.name) if into_dir else target
                 self.files[path] = match

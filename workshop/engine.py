@@ -18,7 +18,10 @@ Step 3, the stack:
 builds both images, starts the stack under its own project name on a free
 loopback port (HOST_PORT), waits until Compose says every service is
 healthy, and takes it down again (`down -v`), also when a check fails.
-A stack left by an interrupted run is taken down first.
+A stack left by an interrupted run is taken down first. Who can reach what:
+
+    stack.address("uwsgi-tcp", "upstreams")          # its IP on one of the project's networks
+    stack.stranger("default", "print(1)")            # python -c in a throwaway container that is not nginx
 
 Which Compose: workshop/compose.py's `command()`. Which engine CLI for the
 single containers and for what Compose cannot tell (image sizes,
@@ -33,9 +36,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -145,7 +150,9 @@ class EngineStack:
         self.url = f"http://127.0.0.1:{self.port}"
         self.base = [*compose.command(), "-p", self.project, "-f", str(lesson / compose.COMPOSE_FILE)]
         self.build_args = build_args()
-        self.env = {**os.environ, "HOST_PORT": str(self.port), **weights_env(self.build_args)}
+        # SEG_DEBUG_DELAY=1: ?delay=S holds a request, so the graceful-stop check has one in flight for sure
+        self.env = {**os.environ, "HOST_PORT": str(self.port), "SEG_DEBUG_DELAY": "1",
+                    **weights_env(self.build_args)}
         self.metrics: dict = {"compose": " ".join(compose.command()), "build_args": self.build_args}
 
     def run(self, *args, check=True, timeout=600) -> subprocess.CompletedProcess:
@@ -176,6 +183,39 @@ class EngineStack:
                                  capture_output=True, text=True, env=self.env)
             if out.returncode == 0:
                 self.metrics[f"{image}_MB"] = round(int(out.stdout.strip()) / 1e6)
+
+    def container_id(self, service: str) -> str:
+        """The one running container of a service (`compose ps -q SERVICE`)."""
+        ids = self.run("ps", "-q", service, timeout=60).stdout.split()
+        assert len(ids) == 1, f"{service} should run one container, runs {ids}\n{self.logs()}"
+        return ids[0]
+
+    def inspect(self, container: str, template: str) -> str:
+        out = subprocess.run([engine_cli(), "inspect", "--format", template, container],
+                             capture_output=True, text=True, env=self.env, timeout=60)
+        assert out.returncode == 0, f"docker inspect {container} failed: {out.stderr[-1000:]}"
+        return out.stdout.strip()
+
+    def address(self, service: str, network: str) -> str:
+        """A service's IP address on one of the project's networks (Compose names it PROJECT_NETWORK)."""
+        networks = json.loads(self.inspect(self.container_id(service), "{{json .NetworkSettings.Networks}}"))
+        found = networks.get(f"{self.project}_{network}", {}).get("IPAddress")
+        assert found, f"{service} has no address on {network}: {networks}"
+        return found
+
+    def stranger(self, network: str, script: str, *args: str, timeout: float = 120) -> str:
+        """What `python -c SCRIPT ARGS` prints in a throwaway container of the uWSGI image on one of the
+        project's networks ("none": no network): a container that is not nginx. Removed afterwards."""
+        name = f"{self.project}-stranger"
+        net = "none" if network == "none" else f"{self.project}_{network}"
+        cli = [engine_cli(), "run", "--name", name, "--network", net, "--no-healthcheck",
+               "inference-python", "python", "-c", script, *args]
+        subprocess.run([engine_cli(), "rm", "-f", name], capture_output=True, env=self.env, timeout=60)
+        try:
+            out = subprocess.run(cli, capture_output=True, text=True, env=self.env, timeout=timeout)
+            return out.stdout + out.stderr
+        finally:
+            subprocess.run([engine_cli(), "rm", "-f", name], capture_output=True, env=self.env, timeout=60)
 
     def leftovers(self) -> dict[str, list[str]]:
         """What the engine still has of this project: Compose's labels, asked of the engine itself."""
@@ -208,3 +248,148 @@ def running(lesson: Path):
         stack.down()
         METRICS.parent.mkdir(exist_ok=True)
         METRICS.write_text(json.dumps({**STEP_METRICS, **stack.metrics}, indent=2) + "\n")
+
+
+# ---- the dev container: .devcontainer/, used as a dev-container client uses it ----
+#
+#   config = engine.devcontainer_config()
+#   with engine.dev_container(config) as box:      # build, run, a copy of the repository mounted
+#       box.run("./workshop.sh setup", timeout=2400)
+#
+# VS Code's Dev Containers and Codespaces build the image with the context
+# devcontainer.json names, start it with the repository at
+# /workspaces/NAME, the image's command replaced by a wait (overrideCommand),
+# and run postCreateCommand and every terminal as remoteUser, in the
+# environment of that user's login shell (userEnvProbe). Here the repository
+# is a copy (the working tree's files, none of .venv, site/, run/, out/,
+# workspace*/), so the container's .venv never touches this machine's.
+
+DEVCONTAINER_JSON = ROOT / ".devcontainer" / "devcontainer.json"
+DEVCONTAINER_METRICS = ROOT / "out" / "06-devcontainer.json"
+NOT_COPIED = (".venv/", "site/", "run/", "out/", "workspace")
+
+
+def jsonc(text: str):
+    """JSON with // and /* */ comments and trailing commas, as VS Code reads devcontainer.json:
+    what only looks like a comment or a comma inside a string stays."""
+    kept, strings, i = [], [], 0
+    while i < len(text):
+        if text[i] == '"':
+            end = i + 1
+            while text[end] != '"':
+                end += 2 if text[end] == "\\" else 1
+            strings.append(text[i:end + 1])
+            kept.append("\0")   # the strings go back in after the commas are gone
+            i = end + 1
+        elif text.startswith("//", i):
+            i = text.find("\n", i) if "\n" in text[i:] else len(text)
+        elif text.startswith("/*", i):
+            i = text.index("*/", i) + 2
+        else:
+            kept.append(text[i])
+            i += 1
+    bare = re.sub(r",(\s*[}\]])", r"\1", "".join(kept))
+    parts = bare.split("\0")
+    return json.loads("".join(p + (strings[n] if n < len(strings) else "") for n, p in enumerate(parts)))
+
+
+def devcontainer_config(path: Path = DEVCONTAINER_JSON) -> dict:
+    """devcontainer.json, with the paths it names made absolute: _dockerfile, _context."""
+    config = jsonc(path.read_text())
+    build = config.get("build", {})
+    config["_dockerfile"] = (path.parent / build.get("dockerfile", "Dockerfile")).resolve()
+    config["_context"] = (path.parent / build.get("context", ".")).resolve()
+    return config
+
+
+def working_tree_files(root: Path = ROOT) -> list[str]:
+    """The files a clone with the work in progress has: tracked and untracked-not-ignored, minus NOT_COPIED."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=root, capture_output=True, timeout=60)
+    assert out.returncode == 0, f"git ls-files failed in {root}: {out.stderr.decode()[-500:]}"
+    names = [n for n in out.stdout.decode().split("\0") if n and not n.startswith(NOT_COPIED)]
+    return [n for n in names if (root / n).is_file()]   # not the deleted ones
+
+
+class DevContainer:
+    """The dev container's image and one container of it, with a copy of the repository mounted."""
+
+    def __init__(self, config: dict, name: str = "ws06-devcontainer"):
+        self.config, self.name, self.image = config, name, f"localhost/{name}"
+        self.user = config.get("remoteUser") or config.get("containerUser") or "root"
+        self.workspace = f"/workspaces/{ROOT.name}"
+        self.copy = Path(tempfile.mkdtemp(prefix="ws06-devcontainer-")) / ROOT.name
+        self.metrics: dict = {}
+
+    def cli(self, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([engine_cli(), *args], capture_output=True, text=True, timeout=timeout)
+
+    def timed(self, key: str, *args, timeout: float) -> subprocess.CompletedProcess:
+        started_at = time.monotonic()
+        out = self.cli(*args, timeout=timeout)
+        self.metrics[key] = round(time.monotonic() - started_at, 1)
+        return out
+
+    def copy_repository(self) -> None:
+        for name in working_tree_files():
+            dest = self.copy / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest)
+
+    def build(self, timeout: float) -> None:
+        """`docker build` of build.dockerfile with build.context, both as devcontainer.json names them."""
+        dockerfile = self.copy / self.config["_dockerfile"].relative_to(ROOT)
+        context = self.copy / self.config["_context"].relative_to(ROOT)
+        out = self.timed("build_seconds", "build", "-f", str(dockerfile), "-t", self.image, str(context),
+                         timeout=timeout)
+        assert out.returncode == 0, f"docker build -f {dockerfile.relative_to(self.copy)} failed " \
+                                    f"({out.returncode}):\n{(out.stdout + out.stderr)[-3000:]}"
+
+    def start(self) -> None:
+        # overrideCommand: a shell that waits, as the clients start it; the repository
+        # belongs to remoteUser inside, as on a Mac or in Codespaces
+        out = self.cli("run", "-d", "--name", self.name, "-v", f"{self.copy}:{self.workspace}",
+                       "--entrypoint", "/bin/sh", self.image,
+                       "-c", 'trap "exit 0" TERM; while sleep 1 & wait $!; do :; done')
+        assert out.returncode == 0, f"docker run {self.image} failed:\n{out.stderr[-3000:]}"
+        owner = self.exec_as("root", f"chown -R {shlex.quote(self.user)}: {self.workspace}", timeout=300)
+        assert owner.returncode == 0, f"chown of {self.workspace} to {self.user} failed:\n{owner.stderr[-2000:]}"
+
+    def exec_as(self, user: str, command: str, timeout: float) -> subprocess.CompletedProcess:
+        return self.cli("exec", "-u", user, "-w", self.workspace, self.name, "bash", "-lc", command,
+                        timeout=timeout)
+
+    def run(self, command: str, timeout: float, key: str | None = None) -> subprocess.CompletedProcess:
+        """COMMAND as remoteUser in its login shell, in the workspace; timed as metrics[key]."""
+        started_at = time.monotonic()
+        out = self.exec_as(self.user, command, timeout)
+        if key:
+            self.metrics[key] = round(time.monotonic() - started_at, 1)
+        return out
+
+    def remove(self) -> None:
+        """The container (its files in the copy first: they belong to the container's user), image, copy."""
+        running = self.cli("inspect", "--format", "{{.State.Running}}", self.name).stdout.strip() == "true"
+        if running and self.copy.exists():
+            self.exec_as("root", f"find {self.workspace} -mindepth 1 -delete", timeout=600)
+        self.cli("rm", "-f", self.name, timeout=120)
+        self.cli("rmi", "-f", self.image, timeout=300)
+        shutil.rmtree(self.copy.parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def dev_container(config: dict, build_timeout: float = 1800):
+    """A built and started DevContainer; container, image and copy removed afterwards, whatever happened."""
+    for stale in Path(tempfile.gettempdir()).glob("ws06-devcontainer-*"):   # an interrupted run's
+        shutil.rmtree(stale, ignore_errors=True)
+    box = DevContainer(config)
+    box.cli("rm", "-f", box.name)
+    try:
+        box.copy_repository()
+        box.build(build_timeout)
+        box.start()
+        yield box
+    finally:
+        box.remove()
+        DEVCONTAINER_METRICS.parent.mkdir(exist_ok=True)
+        DEVCONTAINER_METRICS.write_text(json.dumps(box.metrics, indent=2) + "\n")

@@ -34,6 +34,10 @@ STOPPED: list[tuple[str, str]] = []   # (name, last lines of its log)
 # Defaults for every server a check starts: untrained weights (no download),
 # one torch thread per process (these machines have 2 cores).
 CHECK_ENV = {"SEG_WEIGHTS": "random", "SEG_TORCH_THREADS": "1"}
+# Where lesson 07's watchers listen (Prometheus, the metrics, the exporters):
+# every lesson_server gets a free port for each, as for PORT and TCP_PORT.
+WATCHER_PORTS = ("PROMETHEUS_PORT", "METRICS_PORT1", "METRICS_PORT2", "STATS_EXPORTER_PORT",
+                 "NGINX_STATUS_PORT", "NGINX_EXPORTER_PORT")
 
 
 def base_env(extra: dict | None = None) -> dict:
@@ -59,8 +63,12 @@ def make_run_dir() -> Path:
 @contextlib.contextmanager
 def lesson_server(root: Path, lesson: str, args: list[str] | None = None,
                   env: dict | None = None, ready: str = "/readyz",
-                  timeout: float = 90.0, run_dir: Path | None = None):
-    """Run <root>/<lesson>/run.sh on a free port; yield the Server (with .url, .run_dir)."""
+                  timeout: float = 90.0, run_dir: Path | None = None, wait: bool = True):
+    """Run <root>/<lesson>/run.sh on a free port; yield the Server (with .url, .run_dir).
+
+    wait=False yields as soon as run.sh is started, for a caller that watches
+    a start-up which may never get ready (the benchmark's torch/fork test).
+    """
     script = Path(root) / lesson / "run.sh"
     if not script.exists():
         raise ServerDidNotStart(f"{script} does not exist: this lesson has no start command yet.")
@@ -71,7 +79,10 @@ def lesson_server(root: Path, lesson: str, args: list[str] | None = None,
     own_dir = run_dir is None
     run_dir = run_dir or make_run_dir()
     port = free_port()
-    full_env = base_env({"PORT": str(port), "TCP_PORT": str(free_port()),
+    # TCP_HOST too: a process started again outside run.sh (a check's restart)
+    # must bind where run.sh's did, never an empty host (every address).
+    full_env = base_env({"PORT": str(port), "TCP_HOST": "127.0.0.1", "TCP_PORT": str(free_port()),
+                         **{name: str(free_port()) for name in WATCHER_PORTS},
                          "RUN_DIR": str(run_dir), **(env or {})})
     server = Server(name=lesson, cmd=["bash", str(script), *(args or [])],
                     log_path=run_dir / "server.log", cwd=script.parent,
@@ -81,10 +92,10 @@ def lesson_server(root: Path, lesson: str, args: list[str] | None = None,
     RUNNING.append(server)
     try:
         server.start()
-        if "wait_ready" in commands:
+        if wait and "wait_ready" in commands:
             # The lesson's own notion of ready: every server up, signal handlers set.
             server.wait_log("[run] ready:", timeout=timeout, probe=ready or "")
-        if ready:
+        if wait and ready:
             server.wait_http(ready, timeout=timeout)
         yield server
     finally:

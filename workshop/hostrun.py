@@ -112,6 +112,7 @@ class HostRun:
             wait_for(lambda: self.healthcheck(server.name).returncode == 0 or not server.alive(),
                      timeout=90, interval=0.5, what=f"{server.name}'s HEALTHCHECK to pass")
             assert server.alive(), f"{server.name} exited:\n{server.log()}"
+        self.web.lay_out(self.root("nginx"))   # the page, where STATIC_ROOT says
         values = self.env("nginx", self.web)
         Path(values["LOG_DIR"]).mkdir(parents=True, exist_ok=True)
         templates = [src for dest, src in self.web.files.items()

@@ -17,6 +17,11 @@ def photo(name: str = "chelsea") -> Image.Image:
     return Image.fromarray(getattr(data, name)())
 
 
+def photo_at(width: int, height: int, name: str = "chelsea") -> Image.Image:
+    """A sample photo stretched to any size, e.g. 4000 x 3000 for a 12-megapixel upload."""
+    return photo(name).resize((width, height), Image.BICUBIC)
+
+
 def encode(img: Image.Image, fmt: str = "JPEG", **options) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **options)

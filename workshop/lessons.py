@@ -17,7 +17,7 @@ REFERENCE = ROOT / "lessons"
 WORKSPACE = ROOT / "workspace"
 
 LESSONS = ["01_echo", "02_segmentation", "03_uwsgi", "04_nginx",
-           "05_multi_upstream", "06_docker", "08_cluster"]
+           "05_multi_upstream", "06_docker", "07_metrics", "08_cluster"]
 
 
 def lessons_root(option: str | None = None) -> Path:

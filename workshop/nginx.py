@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from .markers import strip_markers
+from .procs import STOP_MERCY
 
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 UWSGI_PARAMS = Path("/etc/nginx/uwsgi_params")
@@ -34,9 +35,18 @@ LOCAL_MAIN = """\
 pid {prefix}/nginx.pid;
 error_log stderr notice;
 daemon off;
+# Stopped with QUIT (lessons/common.sh), nginx finishes the requests in flight;
+# after this long it closes what is left (the workshop's stop mercy).
+worker_shutdown_timeout {mercy}s;
 
+# Connections, not requests: a request passed to uWSGI holds two (the client's
+# and the upstream's), and a slow client holds one the whole time. With 256, a
+# few hundred slow uploads take every slot, and nginx closes new connections
+# as they come ("worker_connections are not enough"). Each connection is a
+# file descriptor: the worker may open twice as many files.
+worker_rlimit_nofile 8192;
 events {{
-    worker_connections 256;
+    worker_connections 4096;
 }}
 
 http {{
@@ -118,7 +128,8 @@ def write_local(prefix: Path, templates: list[Path], values: dict[str, str]) -> 
     # the socket's group (www-data, lesson 04) is the one they run with.
     user = "user www-data www-data;\n" if os.geteuid() == 0 else ""
     main = prefix / "nginx.conf"
-    main.write_text(LOCAL_MAIN.format(prefix=prefix, site=sites / "*.conf", user=user))
+    mercy = os.environ.get("STOP_MERCY", STOP_MERCY)  # run.sh's, which a check may shorten
+    main.write_text(LOCAL_MAIN.format(prefix=prefix, site=sites / "*.conf", user=user, mercy=mercy))
     return main
 
 
@@ -127,6 +138,16 @@ def test_config(main_conf: Path, prefix: Path | None = None) -> subprocess.Compl
     prefix = prefix or Path(main_conf).parent
     return subprocess.run(["nginx", "-t", "-p", str(prefix), "-c", str(main_conf)],
                           capture_output=True, text=True)
+
+
+def effective(main_conf: Path, env: dict | None = None) -> str:
+    """`nginx -T`: the whole configuration as nginx reads it, every included file inlined."""
+    prefix = Path(main_conf).parent
+    out = subprocess.run(["nginx", "-T", "-p", str(prefix), "-c", str(main_conf)],
+                         capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"nginx -T failed: {out.stderr.strip()}")
+    return out.stdout
 
 
 def _main(argv: list[str]) -> int:

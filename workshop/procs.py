@@ -2,9 +2,9 @@
 
 Every server (Flask, uWSGI, nginx, a lesson's run.sh) is started in a new
 session. Stopping sends one SIGTERM to the process we started (it stops its
-own children, in order), then SIGKILLs whatever is left of its process tree:
-nothing stays behind even if the server forked workers, a master, or a
-helper of its own.
+own children, in order, gracefully), then SIGKILLs whatever is left of its
+process tree once the mercy has passed: nothing stays behind even if the
+server forked workers, a master, or a helper of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +21,13 @@ from pathlib import Path
 import requests
 
 from .markers import TODO_ID
+
+
+# How long a stop may take: uWSGI's workers finish their requests first
+# (lessons/03_uwsgi/workers.ini), and run.sh kills what is left after this
+# many seconds (STOP_MERCY in lessons/common.sh). Checks and tools wait longer
+# than that before they SIGKILL anything themselves.
+STOP_MERCY = 40
 
 
 def free_port() -> int:
@@ -167,7 +174,7 @@ class Server:
             time.sleep(0.1)
         raise self._not_started(f"did not say {text!r} within {timeout:.0f} s")
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = STOP_MERCY + 10) -> None:
         """SIGTERM the process we started, then SIGKILL whatever is left of its tree.
 
         Only the top process gets SIGTERM: a run.sh, a uWSGI master or an nginx

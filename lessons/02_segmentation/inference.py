@@ -30,6 +30,8 @@ DEBUG_DELAY = os.environ.get("SEG_DEBUG_DELAY") == "1"  # enables ?delay=S (less
 app = Flask(__name__)
 app.config["MAX_CONTENT_LENGTH"] = MAX_BYTES  # Flask answers 413 above this
 
+# SEG_DEVICE (auto, cpu, cuda, cuda:N), decided here without starting CUDA.
+DEVICE = segmentation.choose_device()
 # EXERCISE 02.1: build the model once per process
 model = segmentation.load_model()  # once per process, at import time
 # END EXERCISE
@@ -38,9 +40,11 @@ warmed_up = False                   # has this process run the model once?
 
 
 def warm_up():
-    """One small forward pass, so the first real request is not the slow one."""
+    """Onto the device, then one small forward pass, so the first real
+    request is not the slow one."""
     global warmed_up
-    segmentation.predict(model, Image.new("RGB", (64, 64)))
+    segmentation.to_device(model, DEVICE)  # on a GPU: this process's first CUDA call
+    segmentation.predict(model, segmentation.Photo(Image.new("RGB", (64, 64))))
     warmed_up = True
 
 
@@ -51,7 +55,10 @@ except ImportError:
 if uwsgi is not None and uwsgi.worker_id() == 0:
     # uWSGI's master imports us before it forks the workers (prefork).
     # Warm up in each worker after the fork, never in the master: torch
-    # work in the master can leave state that hangs forked workers.
+    # work in the master can leave state that hangs forked workers, and
+    # CUDA started in the master fails in every worker ("Cannot
+    # re-initialize CUDA in forked subprocess"). So on a GPU each worker
+    # moves its copy of the model there itself.
     uwsgi.post_fork_hook = warm_up
 else:
     warm_up()  # Flask's server, or a uWSGI worker that imported us itself (lazy-apps)
@@ -62,10 +69,10 @@ def infer():
     global served
     fmt = response_format()
     started = time.perf_counter()
-    img = segmentation.decode_image(request.get_data(), MAX_PIXELS)
+    photo = segmentation.decode_image(request.get_data(), MAX_PIXELS)
     if DEBUG_DELAY and "delay" in request.args:
         time.sleep(float(request.args["delay"]))
-    mask = segmentation.predict(model, img)
+    mask = segmentation.predict(model, photo)
     body = voc.mask_to_png(mask) if fmt == "png" else voc.mask_to_json(mask)
     served += 1
     resp = Response(body, mimetype="image/png" if fmt == "png" else "application/json")
@@ -106,6 +113,7 @@ def say_who_answered(resp):
     # *see* uWSGI's workers and nginx's round-robin in later lessons.
     resp.headers["X-Worker-Pid"] = str(os.getpid())
     resp.headers["X-Model-Weights"] = model.weights
+    resp.headers["X-Model-Device"] = model.device   # cpu, or cuda:0 ...
     return resp
 
 
@@ -121,8 +129,19 @@ def readyz():
     if not warmed_up:
         return jsonify(status="warming up", pid=os.getpid()), 503
     return jsonify(status="ready", pid=os.getpid(), weights=model.weights,
-                   torch_threads=torch.get_num_threads(),
-                   model_builds=segmentation.builds, requests_served=served)
+                   precision=model.precision, torch_threads=torch.get_num_threads(),
+                   model_builds=segmentation.builds, requests_served=served,
+                   device=model.device, **gpu_memory())
+
+
+def gpu_memory() -> dict:
+    """On a GPU: its name and the memory this process holds there, in MB."""
+    if model.device == "cpu":
+        return {}
+    mb = 1024 * 1024
+    return {"gpu": {"name": torch.cuda.get_device_name(model.device),
+                    "memory_allocated_mb": round(torch.cuda.memory_allocated(model.device) / mb, 1),
+                    "memory_reserved_mb": round(torch.cuda.memory_reserved(model.device) / mb, 1)}}
 
 
 # -- errors: always JSON, always the right status, never a stack trace --

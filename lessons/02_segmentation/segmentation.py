@@ -7,14 +7,17 @@ the benchmarks.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import os
+import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torchvision.models.segmentation import (
     LRASPP_MobileNet_V3_Large_Weights as Weights,
     lraspp_mobilenet_v3_large,
@@ -27,6 +30,22 @@ log = logging.getLogger("segmentation")
 # voc.py holds the class names, colours and mask formats (no torch needed there,
 # so the client stays light). Check they match the weights' own class list.
 assert CLASSES[1:] == Weights.DEFAULT.meta["categories"][1:]
+
+# The weights' transforms resize a photo's shorter side to this many pixels.
+MODEL_SIDE = Weights.DEFAULT.transforms().resize_size[0]
+# SEG_DEVICE: where the network runs. auto (the default) takes a CUDA GPU
+# when one is usable, else the CPU; cpu, cuda and cuda:N insist. The model
+# and every tensor of a request live there; the mask comes back to the CPU
+# to be encoded.
+DEVICES = "auto, cpu, cuda or cuda:N"
+# SEG_PRECISION: fp32 (the default) or bf16, bfloat16 arithmetic where the
+# CPU has it. bf16 is faster but not the same arithmetic: a few pixels near a
+# tie between two classes change (the guide measures how many).
+PRECISIONS = ("fp32", "bf16")
+# The model scales the shorter side up to MODEL_SIDE: a 20000 x 2 strip of a
+# few hundred bytes would become 5,200,000 x 520 pixels (gigabytes). Sides
+# further apart than this are refused; a wide panorama is about 4:1.
+MAX_ASPECT = 10
 
 
 class BadImage(ValueError):
@@ -44,6 +63,19 @@ class Model:
     net: torch.nn.Module
     weights: str          # "pretrained", "random" or "file:<name>": sent with every answer
     preprocess: object    # the transforms the weights were trained with
+    precision: str = "fp32"
+    device: str = "cpu"   # where net is now: "cpu" or "cuda:N" (see to_device)
+
+
+@dataclass
+class Photo:
+    """An upload, decoded: the pixels to segment and the size its mask must have."""
+
+    image: Image.Image                 # upright RGB; a large JPEG is decoded smaller (see decode_image)
+    size: tuple[int, int] | None = None  # (width, height) of the upload as displayed: the mask's size
+
+    def __post_init__(self):
+        self.size = self.size or self.image.size
 
 
 # How many models this process has built. The checks read it from /readyz to
@@ -51,8 +83,82 @@ class Model:
 builds = 0
 
 
-def load_model(choice: str | None = None) -> Model:
-    """Build LRASPP MobileNetV3-Large with the weights SEG_WEIGHTS asks for.
+def choose_device(setting: str | None = None) -> str:
+    """SEG_DEVICE -> "cpu" or "cuda:N", decided WITHOUT initialising CUDA.
+
+    uWSGI's master calls this before it forks the workers. Any CUDA call
+    there, even torch.cuda.is_available() (it starts the driver), leaves
+    every forked worker with "Cannot re-initialize CUDA in forked
+    subprocess" at its first CUDA call. So this only asks NVML, the
+    driver's management library, how many GPUs there are: that starts no
+    CUDA, and leaves nothing behind that a fork inherits.
+    """
+    setting = setting or os.environ.get("SEG_DEVICE", "auto")
+    if setting == "cpu":
+        return _chose("cpu", setting, "")
+    if setting not in ("auto", "cuda") and not re.fullmatch(r"cuda:\d+", setting):
+        raise SystemExit(f"SEG_DEVICE={setting}: use one of {DEVICES}")
+    count, why_not = cuda_devices()
+    if setting == "auto":
+        return _chose("cuda:0" if count else "cpu", setting, why_not)
+    # cuda or cuda:N: a GPU or nothing. Serving on the CPU instead would
+    # hide the problem behind answers many times slower.
+    if not count:
+        raise SystemExit(f"SEG_DEVICE={setting}: no CUDA device is usable: {why_not}")
+    index = int(setting.partition(":")[2] or 0)
+    if index >= count:
+        raise SystemExit(f"SEG_DEVICE={setting}: this machine has {count} CUDA device(s), "
+                         f"cuda:0 to cuda:{count - 1}")
+    return _chose(f"cuda:{index}", setting, "")
+
+
+def cuda_devices() -> tuple[int, str]:
+    """How many CUDA devices this process may use and, if none, why not. Starts no CUDA."""
+    if torch.version.cuda is None:
+        return 0, (f"this torch ({torch.__version__}) is a CPU-only build: "
+                   "install the CUDA wheels (SEG_TORCH_BUILD=cuda ./workshop.sh setup)")
+    # torch.cuda.device_count() asks NVML first too, but when NVML fails it
+    # asks the CUDA runtime, which initialises CUDA. Ask NVML alone (it also
+    # honours CUDA_VISIBLE_DEVICES); below 0 means NVML could not answer.
+    count = torch.cuda._device_count_nvml()
+    if count > 0:
+        return count, ""
+    if count == 0:
+        return 0, "the NVIDIA driver sees no GPU (or CUDA_VISIBLE_DEVICES hides them all)"
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return 0, "no NVIDIA driver (libnvidia-ml.so.1, its NVML library, is not installed)"
+    return 0, "the NVIDIA driver does not answer (NVML could not start)"
+
+
+def _chose(device: str, setting: str, why_not: str) -> str:
+    # One line in the start log: where this app will run, and why.
+    because = f"; no GPU: {why_not}" if device == "cpu" and why_not else ""
+    print(f"segmentation: device {device} (SEG_DEVICE={setting}{because})", file=sys.stderr, flush=True)
+    return device
+
+
+def to_device(model: Model, device: str) -> Model:
+    """Move the network to `device`. On a GPU this initialises CUDA: under
+    uWSGI it runs in each worker, after the fork, never in the master."""
+    if device != model.device:
+        if device.startswith("cuda") and model.precision == "fp32":
+            # fp32 means fp32 here too: cuDNN would run the convolutions in
+            # TF32 (a shorter mantissa, faster), and pixels near a tie would flip.
+            torch.backends.cudnn.conv.fp32_precision = "ieee"
+        try:
+            model.net.to(device)
+        except Exception as exc:  # the driver said yes, CUDA itself says no
+            raise SystemExit(f"SEG_DEVICE: cannot use {device}: {exc}") from None
+        model.device = device
+    return model
+
+
+def load_model(choice: str | None = None, precision: str | None = None) -> Model:
+    """Build LRASPP MobileNetV3-Large with the weights SEG_WEIGHTS asks for,
+    to run at the precision SEG_PRECISION asks for (fp32 or bf16). It is
+    built on the CPU (safe before a fork); to_device moves it.
 
     auto     pretrained weights if they can be had, else random (with a warning)
     default  torchvision's pretrained weights (downloaded once, then cached)
@@ -61,6 +167,9 @@ def load_model(choice: str | None = None) -> Model:
     """
     global builds
     choice = choice or os.environ.get("SEG_WEIGHTS", "auto")
+    precision = precision or os.environ.get("SEG_PRECISION", "fp32")
+    if precision not in PRECISIONS:
+        raise SystemExit(f"SEG_PRECISION={precision}: use one of {', '.join(PRECISIONS)}")
     if choice == "auto":
         try:
             net, kind = _pretrained(), "pretrained"
@@ -76,8 +185,13 @@ def load_model(choice: str | None = None) -> Model:
     else:
         net, kind = _from_file(choice), f"file:{os.path.basename(choice)}"
     net.eval()  # inference behaviour for batch norm and dropout
+    # channels_last stores each pixel's channels side by side, the layout the
+    # CPU's convolution kernels work in: faster, and the same mask. Inputs
+    # are converted by the first convolution.
+    net.to(memory_format=torch.channels_last)
     builds += 1
-    return Model(net=net, weights=kind, preprocess=Weights.DEFAULT.transforms())
+    return Model(net=net, weights=kind, preprocess=Weights.DEFAULT.transforms(),
+                 precision=precision)
 
 
 def _pretrained() -> torch.nn.Module:
@@ -116,8 +230,8 @@ def _from_file(path: str) -> torch.nn.Module:
     return net
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Bytes from the client -> an upright RGB image, or BadImage."""
+def decode_image(data: bytes, max_pixels: int) -> Photo:
+    """Bytes from the client -> an upright RGB Photo, or BadImage."""
     if not data:
         raise BadImage("empty body: send the image bytes as the request body")
     try:
@@ -127,8 +241,20 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         if img.width * img.height > max_pixels:
             raise ImageTooLarge(f"image is {img.width}x{img.height} pixels; "
                                 f"the limit is {max_pixels} pixels")
+        if max(img.size) > MAX_ASPECT * min(img.size):
+            raise BadImage(f"image is {img.width}x{img.height} pixels; sides more than "
+                           f"{MAX_ASPECT}:1 apart are refused")
+        size = img.size
+        # The model sees MODEL_SIDE pixels on the shorter side, whatever the
+        # upload. A JPEG can be decoded straight at 1/2, 1/4 or 1/8 of its
+        # size, much faster than in full: draft() picks the smallest scale
+        # that keeps both sides >= MODEL_SIDE. Other formats ignore it.
+        img.draft("RGB", (MODEL_SIDE, MODEL_SIDE))
         img.load()  # decode now, so a truncated file fails here as a 4xx
-        img = ImageOps.exif_transpose(img)  # phones store "rotate me" in EXIF
+        # Phones store "rotate me" in EXIF: turn the pixels, and the mask's size with them.
+        if img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
+            size = size[::-1]
+        ImageOps.exif_transpose(img, in_place=True)
     except BadImage:
         raise
     except UnidentifiedImageError:
@@ -137,11 +263,13 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageTooLarge(str(exc)) from None
     except Exception as exc:  # truncated or corrupt data
         raise BadImage(f"could not decode the image: {exc}") from None
-    return to_rgb(img)
+    return Photo(to_rgb(img), size)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode (L, LA, P, RGBA, CMYK, 16-bit, float) -> 8-bit RGB."""
+    if img.mode == "RGB":
+        return img  # convert() would copy it
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # PIL cannot convert these to RGB directly: scale to 0..255 ourselves.
         a = np.asarray(img, dtype=np.float64)
@@ -152,17 +280,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 @torch.inference_mode()  # no autograd bookkeeping: faster and lighter
-def predict(model: Model, img: Image.Image) -> np.ndarray:
-    """RGB image -> uint8 mask of class ids, same height and width as img."""
-    # EXERCISE 02.2: preprocess the image and run the network
-    batch = model.preprocess(img).unsqueeze(0)      # resize to 520, normalise, add batch dim
-    logits = model.net(batch)["out"][0]             # (21, h, w) at the resized size
-    # END EXERCISE
+def predict(model: Model, photo: Photo) -> np.ndarray:
+    """A decoded upload -> uint8 mask of class ids, the upload's own height and width."""
+    # autocast wants the kind of device ("cpu" or "cuda"), not its number.
+    with torch.autocast(model.device.split(":")[0], dtype=torch.bfloat16, enabled=model.precision == "bf16"):
+        # EXERCISE 02.2: preprocess the image and run the network
+        # resize to 520, normalise, add the batch dim, then onto the model's device
+        batch = model.preprocess(photo.image).unsqueeze(0).to(model.device)
+        logits = model.net(batch)["out"][0]                 # (21, h, w) at the resized size
+        # END EXERCISE
     # EXERCISE 02.3: one class id per pixel, at the photo's size
-    mask = logits.argmax(0).to(torch.uint8).numpy()
-    if mask.shape != (img.height, img.width):
-        # Scale the mask back to the uploaded size so it lines up with the photo.
+    # max(0) is argmax(0), on a faster kernel; .cpu() brings the mask back for the PNG
+    mask = logits.max(0).indices.to(torch.uint8).cpu().numpy()
+    width, height = photo.size
+    if mask.shape != (height, width):
+        # Scale the mask to the uploaded size so it lines up with the photo.
         # NEAREST keeps class ids intact (no blending of 8 and 15 into 11).
-        mask = np.asarray(Image.fromarray(mask).resize(img.size, Image.NEAREST))
+        mask = np.asarray(Image.fromarray(mask).resize(photo.size, Image.NEAREST))
     # END EXERCISE
     return mask

@@ -17,7 +17,8 @@
 #     this host allows) - exported as CONTAINERS_CONF by $STATE/env.sh;
 #  3. builds local stand-ins for the registry images the lesson uses:
 #       docker.io/library/debian:bookworm-slim      (debootstrap minbase)
-#       docker.io/library/python:3.11-slim-bookworm (Debian's Python 3.11)
+#       docker.io/library/python:3.11-slim-bookworm (a CPython 3.11 built from
+#         source if this machine has one, else Debian's Python 3.11)
 #       docker.io/library/nginx:1.27 (+ nginx:1.27) (Debian's nginx 1.22)
 #     skipping the ones already built from the same recipe;
 #  4. installs Compose v2 (`docker-compose`, also as `docker compose`) and
@@ -214,6 +215,57 @@ mkdir -p "$B/debian/certs"
 # this machine's extra CA certificates (a TLS-inspecting proxy's, typically)
 find /usr/local/share/ca-certificates -maxdepth 2 -type f -name '*.crt' -exec cp {} "$B/debian/certs/" \; 2>/dev/null || true
 sed -i "s#http://deb.debian.org/debian\$#$MIRROR#" "$B/debian/debian.sources"
+
+# The python stand-in's interpreter: like the official image's, a CPython 3.11
+# built from source (shared libpython, in its own prefix), if this machine has
+# one of at least 3.11.5 (the guide's pymdown-extensions needs that; Debian's
+# is 3.11.2). WORKSHOP_STANDIN_PYTHON=/path/to/python3.11 names it; otherwise
+# the newest of pyenv's 3.11 builds, or /usr/local/bin/python3.11. None: the
+# image uses Debian's Python (see standin/python/Containerfile).
+suitable_cpython() { # PYTHON: exit 0 if it can stand in for the official image's
+    "$1" -c 'import sys, sysconfig
+ok = sys.version_info[:2] == (3, 11) and sys.version_info >= (3, 11, 5) \
+    and sys.prefix == sys.base_prefix != "/usr" and sysconfig.get_config_var("Py_ENABLE_SHARED") == 1
+sys.exit(not ok)' 2>/dev/null
+}
+find_cpython() { # prints the chosen python3.11, if any
+    local py
+    if [ -n "${WORKSHOP_STANDIN_PYTHON:-}" ]; then
+        suitable_cpython "$WORKSHOP_STANDIN_PYTHON" \
+            || die "WORKSHOP_STANDIN_PYTHON=$WORKSHOP_STANDIN_PYTHON: not a CPython 3.11 (>= 3.11.5) built with --enable-shared in its own prefix"
+        echo "$WORKSHOP_STANDIN_PYTHON"; return 0
+    fi
+    for py in $(printf '%s\n' "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.11.*/bin/python3.11 | sort -rV) \
+              /usr/local/bin/python3.11; do
+        [ -x "$py" ] && suitable_cpython "$py" && { echo "$py"; return 0; }
+    done
+    return 0
+}
+mkdir -p "$B/python/cpython"
+cpython=$(find_cpython)
+if [ -n "$cpython" ]; then
+    prefix=$("$cpython" -c 'import sys; print(sys.prefix)')
+    # Packed once per interpreter (kept in $STATE while its binary and
+    # libpython stay the same): what the official image keeps (no tests, no
+    # .pyc, no static libpython; no _tkinter: slim has no Tk either), in a
+    # fixed order with fixed dates, so the recipe hash changes only with it.
+    stamp="$prefix $(stat -L -c '%s %Y' "$cpython" "$prefix"/lib/libpython3.11.so* | tr '\n' ' ')"
+    if [ "$REBUILD" = 1 ] || [ ! -s "$STATE/cpython.tar" ] || [ "$(cat "$STATE/cpython.stamp" 2>/dev/null)" != "$stamp" ]; then
+        (cd "$prefix" && tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
+            --exclude=__pycache__ --exclude='*.pyc' --exclude=test --exclude=tests --exclude=idle_test \
+            --exclude='libpython*.a' --exclude='_tkinter*' --exclude='lib/python3.11/site-packages/*' \
+            -cf "$STATE/cpython.tar.new" \
+            bin/python3.11 bin/python3.11-config lib/libpython3.11.so* lib/python3.11 include/python3.11 \
+            lib/pkgconfig/python*) || die "could not pack the CPython in $prefix"
+        mv "$STATE/cpython.tar.new" "$STATE/cpython.tar"
+        echo "$stamp" > "$STATE/cpython.stamp"
+    fi
+    ln -f "$STATE/cpython.tar" "$B/python/cpython/cpython.tar"
+    echo "$prefix" > "$B/python/cpython/prefix"
+    log "python stand-in's interpreter: CPython $("$cpython" -c 'import platform; print(platform.python_version())') from $prefix"
+else
+    log "python stand-in's interpreter: Debian's Python 3.11.2 (no CPython 3.11 >= 3.11.5 built from source here; WORKSHOP_STANDIN_PYTHON names one)"
+fi
 
 h_debian=$(recipe_hash "$B/debian")
 # A change below the base changes the images built on it.

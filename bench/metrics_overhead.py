@@ -1,0 +1,147 @@
+"""What measuring costs: images/s through lesson 05's stack (no metrics) and lesson 07's
+(the same stack with metrics, both exporters and Prometheus scraping every second).
+
+    python -m bench.metrics_overhead [--quick] [--out DIR]    # writes DIR/metrics_overhead.json
+
+Both stacks run one after the other, never together, in the order off, on,
+on, off, off, on, ... so that neither always comes first on a machine whose
+other work comes and goes. Each run: a few requests to warm up, then the same
+closed-loop load through nginx (each of AT_ONCE threads sends its next photo
+as soon as the last is answered). The median run of each stack counts.
+With metrics on, Prometheus' own scrape_duration_seconds says what one
+scrape of an upstream took.
+
+On a shared machine that difference drowns in the noise; two numbers that
+do not: what the instrumentation adds to one request (lesson 07's middleware
+and three stage timers, in multiprocess mode, timed in a process of its own
+against the same app unwrapped), and the scrape time above.
+
+run(out_dir, quick=False) -> dict is what the benchmark calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from workshop.harness import concurrently, lesson_server
+from workshop.images import photo_bytes
+from workshop.lessons import REFERENCE, ROOT
+
+AT_ONCE = 4   # two upstreams of one worker each: enough to keep both busy
+STACKS = {"off": "05_multi_upstream", "on": "07_metrics"}
+
+
+def _load(url: str, image: bytes, count: int) -> dict:
+    def one():
+        started = time.perf_counter()
+        r = requests.post(url + "/infer", data=image, params={"format": "png"}, timeout=60)
+        return r.status_code, time.perf_counter() - started
+
+    concurrently(one, times=2 * AT_ONCE, at_once=AT_ONCE)   # warm-up, not counted
+    started = time.perf_counter()
+    answers = concurrently(one, times=count, at_once=AT_ONCE)
+    elapsed = time.perf_counter() - started
+    failed = sum(status != 200 for status, _ in answers)
+    return {"images_per_s": round(count / elapsed, 2), "seconds": round(elapsed, 2), "failed": failed,
+            "p50_ms": round(1000 * statistics.median(s for _, s in answers), 1)}
+
+
+def _scrape_ms(stack) -> float | None:
+    """Mean time Prometheus took to scrape an upstream's /metrics over the last minute."""
+    prometheus = f"http://127.0.0.1:{stack.env['PROMETHEUS_PORT']}"
+    r = requests.get(prometheus + "/api/v1/query", timeout=10,
+                     params={"query": 'avg(avg_over_time(scrape_duration_seconds{job="app"}[1m]))'})
+    result = r.json()["data"]["result"]
+    return round(1000 * float(result[0]["value"][1]), 2) if result else None
+
+
+# Run in a fresh process (multiprocess mode is chosen when prometheus_client is
+# imported): lesson 07's middleware and stage timer around a WSGI app that does
+# nothing but call three stages, against the same app bare.
+PER_REQUEST = r"""
+import json, os, sys, tempfile, timeit
+lessons, calls = sys.argv[1], int(sys.argv[2])
+os.environ.update(PROMETHEUS_MULTIPROC_DIR=tempfile.mkdtemp(), SEG_WEIGHTS="random", SEG_TORCH_THREADS="1")
+sys.path[:0] = [os.path.join(lessons, "07_metrics"), os.path.join(lessons, "02_segmentation")]
+import instrumented
+
+def bare_stage():
+    pass
+
+def make_app(stage):
+    def app(environ, start_response):
+        stage(); stage(); stage()          # decode, model, encode
+        start_response("200 OK", [])
+        return [b""]
+    return app
+
+environ = {"PATH_INFO": "/infer", "CONTENT_LENGTH": "30000"}
+bare = make_app(bare_stage)
+measured = instrumented.measured(make_app(instrumented.timed("model", bare_stage)))
+def per_call(app):
+    return min(timeit.repeat(lambda: app(environ, lambda *a: None), number=calls, repeat=5)) / calls
+print(json.dumps({"bare_us": per_call(bare) * 1e6, "measured_us": per_call(measured) * 1e6}))
+"""
+
+
+def _per_request_us(calls: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", PER_REQUEST, str(REFERENCE), str(calls)],
+                         capture_output=True, text=True, timeout=300, check=True)
+    times = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"added_us": round(times["measured_us"] - times["bare_us"], 1), "calls": calls}
+
+
+def run(out_dir: Path, quick: bool = False) -> dict:
+    count, rounds = (40, 1) if quick else (150, 2)
+    image = photo_bytes()
+    runs: dict[str, list] = {"off": [], "on": []}
+    scrape: list[float] = []
+    for round_ in range(rounds):
+        order = list(STACKS.items())
+        for metrics, lesson in (order if round_ % 2 == 0 else order[::-1]):
+            with lesson_server(REFERENCE, lesson, timeout=150) as stack:
+                if metrics == "on":   # Prometheus scrapes from the start: give it its first scrapes
+                    time.sleep(3)
+                runs[metrics].append(_load(stack.url, image, count))
+                if metrics == "on" and (ms := _scrape_ms(stack)) is not None:
+                    scrape.append(ms)
+            print(f"[metrics_overhead] metrics {metrics}: {runs[metrics][-1]}", flush=True)
+    off, on = (round(statistics.median(r["images_per_s"] for r in runs[k]), 2) for k in ("off", "on"))
+    result = {
+        "requests_per_run": count, "at_once": AT_ONCE, "rounds": rounds,
+        "off": {"lesson": STACKS["off"], "images_per_s": off, "runs": runs["off"]},
+        "on": {"lesson": STACKS["on"], "images_per_s": on, "runs": runs["on"],
+               "scrape_ms": round(statistics.median(scrape), 2) if scrape else None},
+        "overhead_pct": round(100 * (off - on) / off, 1),
+        "per_request": _per_request_us(2000 if quick else 20000),
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one short run of each stack")
+    parser.add_argument("--out", default=str(ROOT / "out"), help="folder for metrics_overhead.json")
+    args = parser.parse_args()
+    result = run(Path(args.out), quick=args.quick)
+    print(f"[metrics_overhead] off {result['off']['images_per_s']} images/s, on "
+          f"{result['on']['images_per_s']} images/s: {result['overhead_pct']}% slower with metrics; "
+          f"a scrape of an upstream took {result['on']['scrape_ms']} ms; the instrumentation adds "
+          f"{result['per_request']['added_us']} µs to a request "
+          f"({Path(args.out) / 'metrics_overhead.json'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

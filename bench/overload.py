@@ -1,0 +1,147 @@
+"""More requests at once than lesson 05 can queue: what comes back, and how fast.
+
+    python -m bench.overload            1x, 2x and 4x the queue's depth, 3 rounds each
+    python -m bench.overload --quick    1 round each
+    python -m bench.overload --out DIR  write overload.json there (default: bench/results)
+
+Lesson 05 started with its own run.sh. The queue's depth is what its two
+uWSGI servers hold (their `listen` backlog, as each logs it; nginx's
+`max_conns` caps what it sends each at the same number). Each round opens
+N connections at the same moment, one POST on each (the 256x256 photo),
+and records every outcome: a status, or how the connection ended without
+one. Reported per multiple of the depth: how many 200s and 503s, anything
+else, the p50/p99 time of the 200s, and how soon the first 503 came.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # also runs as `python bench/overload.py`
+    sys.path.insert(0, str(ROOT))
+
+from workshop import images, traffic  # noqa: E402
+from workshop.harness import lesson_server, uwsgi_stats  # noqa: E402
+from workshop.lessons import REFERENCE  # noqa: E402
+from workshop.procs import wait_for  # noqa: E402
+
+LESSON = "05_multi_upstream"
+FACTORS = (1, 2, 4)
+PHOTO = images.encode(images.photo().resize((256, 256)), "JPEG")
+
+
+def queue_depth(server) -> list[int]:
+    """The listen backlog of each uWSGI server, as each says when it starts."""
+    return [int(n) for n in re.findall(r"listen backlog is limited to (\d+) connections", server.log(5000))]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def idle(server) -> bool:
+    """Both servers have no request in flight (the previous round is over)."""
+    for sock in ("stats1.sock", "stats2.sock"):
+        stats = uwsgi_stats(server.run_dir / sock)
+        if any(w["status"] != "idle" for w in stats["workers"]) or stats.get("listen_queue"):
+            return False
+    return True
+
+
+def summary(answers: list[traffic.Answer], connections: int, depth: int) -> dict:
+    kinds = collections.Counter(str(a.status) for a in answers)
+    ok = [a.seconds for a in answers if a.status == 200]
+    busy = [a for a in answers if a.status == 503]
+    return {
+        "connections": connections,
+        "times_the_queue": connections / depth,
+        "outcomes": dict(kinds),
+        "ok": len(ok),
+        "busy_503": len(busy),
+        "other": sum(n for k, n in kinds.items() if k not in ("200", "503")),
+        "p50_ok_s": round(percentile(ok, 50), 3) if ok else None,
+        "p99_ok_s": round(percentile(ok, 99), 3) if ok else None,
+        "max_ok_s": round(max(ok), 3) if ok else None,
+        "first_503_s": round(min(a.seconds for a in busy), 4) if busy else None,
+        "last_503_s": round(max(a.seconds for a in busy), 4) if busy else None,
+        "busy_with_retry_after": sum(a.headers.get("retry-after", "").isdigit() for a in busy),
+        "busy_as_json": sum(a.headers.get("content-type", "").startswith("application/json") for a in busy),
+    }
+
+
+def merged(rounds: list[dict]) -> dict:
+    """One row per factor from its rounds: counts add up, times are the rounds' worst."""
+    first = rounds[0]
+    out = {"connections": first["connections"], "times_the_queue": first["times_the_queue"], "rounds": len(rounds)}
+    for key in ("ok", "busy_503", "other", "busy_with_retry_after", "busy_as_json"):
+        out[key] = sum(r[key] for r in rounds)
+    outcomes = collections.Counter()
+    for r in rounds:
+        outcomes.update(r["outcomes"])
+    out["outcomes"] = dict(outcomes)
+    for key in ("p50_ok_s", "p99_ok_s", "max_ok_s", "first_503_s", "last_503_s"):
+        values = [r[key] for r in rounds if r[key] is not None]
+        out[key] = max(values) if values else None
+    out["per_round"] = rounds
+    return out
+
+
+def run(out_dir: Path, quick: bool = False, lessons: Path = REFERENCE) -> dict:
+    """Measure 1x, 2x and 4x the queue's depth; write overload.json into out_dir; return the results."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rounds = 1 if quick else 3
+    t0 = time.monotonic()
+    with lesson_server(lessons, LESSON) as server:
+        queues = queue_depth(server)
+        depth = sum(queues)
+        rows = []
+        for factor in FACTORS:
+            per_round = []
+            for _ in range(rounds):
+                wait_for(lambda: idle(server), timeout=120, interval=0.2, what="the queues to drain")
+                answers = traffic.burst(server.url + "/infer?format=png", PHOTO, factor * depth, timeout=90)
+                per_round.append(summary(answers, factor * depth, depth))
+            rows.append({"factor": factor, **merged(per_round)})
+    result = {
+        "lesson": LESSON,
+        "queues": queues,
+        "queue_depth": depth,
+        "photo": "256x256 JPEG",
+        "by_factor": rows,
+        "other_total": sum(r["other"] for r in rows),
+        "meta": {"quick": quick, "cores": os.cpu_count(), "rounds": rounds,
+                 "loadavg_after": list(os.getloadavg()), "duration_s": round(time.monotonic() - t0, 1),
+                 "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+    }
+    (out_dir / "overload.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one round per multiple instead of three")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where overload.json goes")
+    parser.add_argument("--lessons", type=Path, default=REFERENCE, help="the lessons to run (default: lessons/)")
+    opts = parser.parse_args(argv)
+    result = run(opts.out, quick=opts.quick, lessons=opts.lessons)
+    for r in result["by_factor"]:
+        print(f"{r['factor']}x ({r['connections']} connections): {r['ok']} x 200, {r['busy_503']} x 503, "
+              f"{r['other']} other; p99 of the 200s {r['p99_ok_s']} s, first 503 after {r['first_503_s']} s")
+    print(f"-> {opts.out / 'overload.json'}")
+    return 0 if result["other_total"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The stages that serve over HTTP: lessons 02-05, each started with its own run.sh by
+workshop.harness.lesson_server, which stops it and its process tree, also when a stage fails."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+import requests
+
+from bench.measure import Context, cpu_seconds, load, log, memory_of, unloaded, uwsgi_instances, wait_workers
+from workshop.harness import concurrently, lesson_server
+from workshop.procs import wait_for
+
+PNG = "/infer?format=png"
+START = 240  # seconds a stack may take to get ready (lazy-apps on a busy machine is slow)
+
+
+def lesson02(ctx: Context) -> list[dict]:
+    log("lesson 02 (Flask dev server)")
+    with lesson_server(ctx.lessons, "02_segmentation", timeout=START) as srv:
+        return [{**load(ctx, srv.url + PNG, ctx.body), "label": "lesson 02: Flask dev server", "torch_threads": 1,
+                 "memory": memory_of(srv.pid), "unloaded": unloaded(srv.url + PNG, ctx.body, 2 if ctx.quick else 6)}]
+
+
+def fork(ctx: Context) -> list[dict]:
+    """Lesson 03's torch and fork: prefork (random weights run a forward pass in the master, a weights
+    file does not) or lazy-apps, 1 or `cores` torch threads. Rounds of `cores` requests go out until
+    every worker has answered; one silent for hang_timeout seconds after the fork is hung."""
+    configs = []
+    for threads in [1] if ctx.quick else [1, ctx.cores]:
+        kinds = [("prefork", "random"), ("prefork", "file"), ("lazy-apps", "random")]
+        for mode, weights in kinds[:1] if ctx.quick else kinds:
+            configs.append((mode, weights, threads, ["--lazy-apps"] * (mode == "lazy-apps"), {
+                "SEG_WEIGHTS": str(ctx.work / "weights.pth") if weights == "file" else "random",
+                "SEG_TORCH_THREADS": str(threads)}))
+    rows = []
+    for mode, weights, threads, args, env in configs:
+        log(f"fork: {mode}, weights {weights}, {threads} torch thread(s)")
+        row = {"mode": mode, "weights": weights, "torch_threads": threads, "workers": ctx.cores,
+               "request_timeout_s": ctx.hang_timeout}
+        try:
+            with lesson_server(ctx.lessons, "03_uwsgi", args=["--processes", str(ctx.cores), *args], env=env,
+                               wait=False) as srv:
+                row.update(_after_fork(ctx, srv))
+        except Exception as exc:  # keep the other rows
+            row.update(result="error", error=f"{type(exc).__name__}: {exc}"[:2000])
+        rows.append(row)
+    return rows
+
+
+def _after_fork(ctx: Context, srv) -> dict:
+    def workers():
+        if not srv.alive():
+            raise RuntimeError(f"run.sh exited during start-up:\n{srv.log(30)}")
+        return [w for s in uwsgi_instances(srv.run_dir) for w in s["workers"]]
+    wait_for(lambda: len(ws := workers()) >= ctx.cores and all(w["pid"] > 0 for w in ws), timeout=120,
+             interval=0.2, what="uWSGI to fork its workers")
+    forked_at, first, pids = time.monotonic(), {}, set()
+
+    def one():
+        try:
+            r = requests.post(srv.url + PNG, data=ctx.body, timeout=ctx.hang_timeout)
+            return int(r.headers.get("X-Worker-Pid", 0)) if r.ok else None
+        except requests.RequestException:
+            return None
+    # Every worker slot must answer: a worker recycled meanwhile (a new pid) counts once. A silent
+    # worker that keeps using the CPU is still starting (a busy machine): hung ones sit idle.
+    working, used = True, 0.0
+    while len(first) < ctx.cores and (time.monotonic() < forked_at + ctx.hang_timeout or working) \
+            and time.monotonic() < forked_at + 6 * ctx.hang_timeout:
+        pids = {w["pid"] for w in workers()}
+        answered = [pid for pid in concurrently(one, ctx.cores, ctx.cores) if pid]
+        for pid in answered:
+            first.setdefault(pid, round(time.monotonic() - forked_at, 2))
+        time.sleep(0 if answered else 0.5)
+        used, before = cpu_seconds(pids - set(first)), used
+        working = used - before > 0.1
+    silent = sorted(pids - set(first)) if len(first) < ctx.cores else []
+    row = {"result": "hang" if silent else "ok", "workers_answered": min(len(first), ctx.cores),
+           "first_answer_after_fork_s": sorted(first.values()), "memory": memory_of(srv.pid, srv.run_dir)}
+    for pid in silent + [s["pid"] for s in uwsgi_instances(srv.run_dir)] * bool(silent):
+        with contextlib.suppress(ProcessLookupError):  # hung workers ignore SIGTERM: end this uWSGI, by pid
+            os.kill(pid, signal.SIGKILL)
+    return row
+
+
+def sweep(ctx: Context) -> list[dict]:
+    """Lesson 03: workers x torch threads; lazy-apps where prefork hung in the fork test."""
+    fork_rows = ctx.results["stages"].get("lesson03_fork")
+    prefork_ok = {r["torch_threads"]: r["result"] == "ok" for r in fork_rows if r["mode"] == "prefork"
+                  and r["weights"] == "random"} if isinstance(fork_rows, list) else {1: True}
+    layouts = [(ctx.cores, 1)] if ctx.quick else [(w, t) for w in (1, ctx.cores, 2 * ctx.cores) for t in (1, ctx.cores)]
+    rows = []
+    for workers, threads, lazy in [(w, t, not prefork_ok.get(t, False)) for w, t in layouts] + \
+            [(ctx.cores, 1, True)] * (not ctx.quick):  # and prefork vs lazy-apps at one worker per core
+        mode = "lazy-apps" if lazy else "prefork"
+        log(f"lesson 03 sweep: {workers} workers x {threads} torch threads, {mode}")
+        with lesson_server(ctx.lessons, "03_uwsgi", args=["--processes", str(workers)] + ["--lazy-apps"] * lazy,
+                           env={"SEG_TORCH_THREADS": str(threads)}, timeout=START) as srv:
+            wait_workers(srv.run_dir, workers)
+            rows.append({**load(ctx, srv.url + PNG, ctx.body, http10=True), "workers": workers,
+                         "torch_threads": threads, "mode": mode,
+                         "label": f"lesson 03: uWSGI {workers}w x {threads}t {mode}",
+                         "oversubscribed": workers * threads > ctx.cores, "memory": memory_of(srv.pid, srv.run_dir)})
+    return rows
+
+
+def gpu(ctx: Context) -> list[dict] | dict:
+    """Lesson 03 on a GPU (SEG_DEVICE=cuda): 1 and 2 workers, with what each holds on the GPU.
+    Where no CUDA device is usable, one line says so instead of rows."""
+    import torch  # this process forks no server (lesson_server execs run.sh): CUDA here is safe
+
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device"}
+    rows = []
+    for workers in [2] if ctx.quick else [1, 2]:
+        log(f"lesson 03 on {torch.cuda.get_device_name(0)}: {workers} worker(s)")
+        with lesson_server(ctx.lessons, "03_uwsgi", args=["--processes", str(workers)],
+                           env={"SEG_DEVICE": "cuda"}, timeout=START) as srv:
+            wait_workers(srv.run_dir, workers)
+            row = {**load(ctx, srv.url + PNG, ctx.body), "workers": workers, "device": "cuda:0",
+                   "gpu": torch.cuda.get_device_name(0), "label": f"lesson 03: uWSGI {workers}w on cuda:0"}
+            seen = {}
+
+            def every_worker() -> bool:
+                info = requests.get(srv.url + "/readyz", timeout=10).json()
+                seen[info["pid"]] = info["gpu"]
+                return len(seen) >= workers
+            wait_for(every_worker, timeout=60, interval=0, what="/readyz from every worker")
+            row["gpu_memory_mb_per_worker"] = [g["memory_reserved_mb"] for g in seen.values()]
+            rows.append(row)
+    return rows
+
+
+def best_layout(ctx: Context) -> dict:
+    """The sweep's fastest workers x threads, prefork if it works there (the fork mode changes memory, not speed)."""
+    rows = ctx.results["stages"].get("lesson03_sweep")
+    if not isinstance(rows, list) or not rows:
+        return {"workers": ctx.cores, "torch_threads": 1, "mode": "prefork"}
+    top = max(rows, key=lambda r: r["rps"])
+    same = [r for r in rows if (r["workers"], r["torch_threads"]) == (top["workers"], top["torch_threads"])]
+    return {k: next((r for r in same if r["mode"] == "prefork"), top)[k] for k in ("workers", "torch_threads", "mode")}
+
+
+def _stack(ctx: Context, lesson: str, workers: int, layout: dict):
+    args = ["--processes", str(workers)] + ["--lazy-apps"] * (layout["mode"] == "lazy-apps")
+    log(f"{lesson}: {' '.join(args)}, {layout['torch_threads']} torch thread(s)")
+    return lesson_server(ctx.lessons, lesson, args=args, env={"SEG_TORCH_THREADS": str(layout["torch_threads"])},
+                         timeout=START)
+
+
+def lesson04(ctx: Context) -> list[dict]:
+    best = best_layout(ctx)
+    with _stack(ctx, "04_nginx", best["workers"], best) as srv:
+        wait_workers(srv.run_dir, best["workers"])
+        return [{**load(ctx, srv.url + PNG, ctx.body), **best, "memory": memory_of(srv.pid, srv.run_dir),
+                 "label": f"lesson 04: nginx -> uWSGI {best['workers']}w x {best['torch_threads']}t {best['mode']}"}]
+
+
+def lesson05(ctx: Context) -> dict:
+    """The whole stack, and how its cost grows: with the connections, then with the photo's size."""
+    best = best_layout(ctx)
+    per = max(1, best["workers"] // 2)  # the best layout, split over the two upstreams
+    setting = {"workers": 2 * per, "workers_per_upstream": per, "torch_threads": best["torch_threads"],
+               "mode": best["mode"]}
+    with _stack(ctx, "05_multi_upstream", per, best) as srv:
+        wait_workers(srv.run_dir, 2 * per)
+        url, by_connections, by_size = srv.url + PNG, [], []
+        for conc in (1, 2, 4) if ctx.quick else (1, 2, 4, 8, 16):
+            log(f"  {conc} connections")
+            headline = conc in (ctx.cores, ctx.conc)
+            row = load(ctx, url, ctx.body, conc=conc, seconds=ctx.seconds if headline else ctx.curve_seconds,
+                       warmup=ctx.warmup if headline else min(1, ctx.warmup))
+            by_connections.append({**row, **setting, "label": f"lesson 05: nginx -> 2 upstreams, {conc} connections"})
+        for photo in ctx.photos:
+            body = ctx.photo(photo["label"])
+            log(f"  {photo['label']} photo ({len(body) / 1e6:.1f} MB)")
+            row = {"label": photo["label"], "megapixels": photo["megapixels"], "upload_bytes": len(body),
+                   "unloaded": unloaded(url, body, 2 if ctx.quick else 10 if photo["megapixels"] < 10 else 6)}
+            if row["unloaded"]["status"] == 200:
+                row.update(load(ctx, url, body, conc=ctx.cores, seconds=ctx.curve_seconds, warmup=0),
+                           memory=memory_of(srv.pid, srv.run_dir))
+            by_size.append(row)
+        buffered = srv.log(100000).count("buffered to a temporary file")
+    return {"setting": setting, "by_connections": by_connections, "by_size": by_size,
+            "nginx_bodies_buffered_to_file": buffered}
