@@ -147,6 +147,11 @@ def markdown(res: dict) -> str:
             "GPU", "workers:", "images/s:", "p50 ms:", "p99 ms:", "failed:", "GPU MB/worker (reserved):"],
             [[r["gpu"], r["workers"], f(r["rps"]), *lat(r, "p50", "p99"), failed(r),
               ", ".join(f(x, 0) for x in r["gpu_memory_mb_per_worker"])] for r in gpu])
+    page = rows_of(st, "static_page")
+    if page:
+        out += table("Lesson 04: the page from nginx, the echo app through uWSGI", [
+            "request", "requests/s:"], [["GET /page.css, from nginx's disk", f(page["static"], 0)],
+                                       ["POST /infer, lesson 01's echo app through uWSGI", f(page["echo"], 0)]])
     busy = ([max(sweep, key=lambda r: r["rps"])] if sweep else []) + list(rows_of(st, "lesson04")) + \
         [r for r in l05.get("by_connections", []) if r["connections"] in (meta["cores"], 2 * meta["cores"])]
     out += table("Who used the CPU during the runs (% of one core)", [

@@ -111,6 +111,7 @@ STAGES = [
     ("lesson03_fork", serving.fork),
     ("lesson03_sweep", serving.sweep),
     ("lesson03_gpu", serving.gpu),
+    ("static_page", serving.static_page),
     ("limit_again", limit_again),
     ("lesson04", serving.lesson04),
     ("lesson05", serving.lesson05),

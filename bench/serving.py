@@ -108,6 +108,17 @@ def sweep(ctx: Context) -> list[dict]:
     return rows
 
 
+def static_page(ctx: Context) -> dict:
+    """Lesson 04's page: requests/s of a file nginx serves from disk, next to lesson 01's echo app
+    through uWSGI behind the same nginx (workshop/static_rate.py, also a command of its own)."""
+    from workshop import static_rate
+
+    log("lesson 04's page: GET /page.css from nginx, POST /infer to the echo app through uWSGI")
+    rates = static_rate.measure(3 if ctx.quick else 10, ctx.lessons)
+    return {**rates, "static_over_echo": round(rates["static"] / rates["echo"], 1),
+            "connections": static_rate.CONNECTIONS}
+
+
 def gpu(ctx: Context) -> list[dict] | dict:
     """Lesson 03 on a GPU (SEG_DEVICE=cuda): 1 and 2 workers, with what each holds on the GPU.
     Where no CUDA device is usable, one line says so instead of rows."""
