@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import requests
 
 from workshop import images
 from workshop.harness import concurrently, lesson_server, uwsgi_stats
-from workshop.procs import wait_for
 
-from checks.utils import mask_of, segment
+from checks.utils import mask_of, readyz_of_every_worker, segment
 
 LESSON = "03_uwsgi"
 WORKERS = 2
@@ -53,13 +51,7 @@ def test_two_workers_serve_on_the_gpu(gpu_server, gpu):
     workers = {w["pid"] for w in uwsgi_stats(gpu_server.run_dir / "stats.sock")["workers"]}
     assert {int(r.headers["X-Worker-Pid"]) for r in replies} == workers, \
         "both workers should answer, each from its own CUDA context"
-    seen = {}
-    def ask():
-        info = requests.get(gpu_server.url + "/readyz", timeout=10).json()
-        seen[info["pid"]] = info
-        return len(seen) == WORKERS
-    wait_for(ask, timeout=30, interval=0, what="/readyz answers from both workers")
-    for info in seen.values():
+    for info in readyz_of_every_worker(gpu_server, WORKERS).values():
         assert info["device"] == "cuda:0" and info["gpu"]["name"] == gpu, info
         assert info["gpu"]["memory_allocated_mb"] > 0, f"worker {info['pid']} holds nothing on the GPU: {info}"
 

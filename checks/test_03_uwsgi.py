@@ -11,7 +11,7 @@ import requests
 from workshop.harness import LoadRun, concurrently, lesson_server, make_run_dir, started, stop, uwsgi_stats
 from workshop.procs import free_port, wait_for
 
-from checks.utils import segment
+from checks.utils import readyz_of_every_worker, segment
 
 LESSON = "03_uwsgi"
 CORES = os.cpu_count()
@@ -50,13 +50,7 @@ def test_every_worker_shares_the_load(uwsgi_server):
 
 
 def test_each_worker_built_the_model_once(uwsgi_server):
-    seen, workers = {}, len(worker_pids(uwsgi_server))
-    def ask():
-        info = requests.get(uwsgi_server.url + "/readyz", timeout=10).json()
-        seen[info["pid"]] = info
-        return len(seen) == workers
-    wait_for(ask, timeout=30, interval=0, what="/readyz answers from every worker")
-    for info in seen.values():
+    for info in readyz_of_every_worker(uwsgi_server, len(worker_pids(uwsgi_server))).values():
         assert info["model_builds"] == 1, \
             f"worker {info['pid']} built the model {info['model_builds']} times: build it at import, once"
 
