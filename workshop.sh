@@ -3,8 +3,9 @@
 # (apt packages, the .venv virtualenv, pinned requirements); a second run is quick.
 #
 #   ./workshop.sh demo          the full stack segments a sample photo (writes out/demo-overlay.png)
-#   ./workshop.sh check         the guide's strict build + every check (lessons, guide, bench, exercises)
+#   ./workshop.sh check         the guide's strict build + every check of the lessons, the guide, exercise mode
 #   ./workshop.sh check LESSON  one lesson's checks, e.g. ./workshop.sh check 03 (or 3, uwsgi)
+#   ./workshop.sh check-dev     the workshop's own checks: every exercise fails unsolved, the benchmark runs
 #   ./workshop.sh docs          the guide at http://127.0.0.1:8000 (mkdocs serve)
 #   ./workshop.sh setup         only the setup
 #   ./workshop.sh bench [--quick]  what each stage costs (about 9 minutes; --quick about 2 minutes) -> bench/results/
@@ -32,7 +33,11 @@ case "$cmd" in
     fi
     # The guide first: its checks (checks/test_guide.py) open the built site.
     "$PY" -m mkdocs build --strict --quiet --site-dir site
-    "$PY" -m pytest checks/ "$@"
+    "$PY" -m pytest checks/ "$@"   # pytest.ini leaves out the dev checks
+    ;;
+  check-dev)   # for whoever changes the workshop (CI runs it): slow, one lesson run per exercise
+    bash scripts/setup.sh
+    exec "$PY" -m pytest checks/ -m dev "$@"
     ;;
   docs)  bash scripts/setup.sh && exec "$PY" -m mkdocs serve "$@" ;;
   bench) bash scripts/setup.sh && exec "$PY" -m bench "$@" ;;
@@ -44,5 +49,5 @@ case "$cmd" in
   workspace|hint|reset)
     [ -x "$PY" ] || PY=python3
     exec "$PY" -m workshop.exercises "$cmd" "$@" ;;
-  *) sed -n '2,16p' "$0"; [ "$cmd" = help ] || exit 2 ;;
+  *) sed -n '2,17p' "$0"; [ "$cmd" = help ] || exit 2 ;;
 esac

@@ -6,7 +6,7 @@ that start with a nudge; a fresh workspace fails lesson 01 with its TODO;
 solving it moves the learner on; `workspace` never destroys work; `reset`
 restores one lesson; `hint` gives the next hint each time it is asked.
 
-`-k unsolved` proves, for every exercise, that a workspace where only that
+`-k unsolved` (part of `./workshop.sh check-dev`) proves, for every exercise, that a workspace where only that
 exercise is left as shipped fails its lesson's checks, naming the exercise
 (rustlings' "every exercise fails while unsolved").
 
@@ -169,6 +169,7 @@ def test_todo_versions_stay_runnable_and_name_their_todo(tmp_path):
 
 # ------------------------------------------------------------ every exercise fails while unsolved
 
+@pytest.mark.dev  # one run of a lesson's checks per exercise: ./workshop.sh check-dev
 @pytest.mark.parametrize("ex", ALL, ids=lambda ex: ex.id)
 def test_unsolved_exercise_fails_its_lesson(ex):
     """Only this exercise left as shipped: its lesson's checks fail, and the summary names it."""
