@@ -19,7 +19,6 @@ import argparse
 import collections
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -29,18 +28,13 @@ if str(ROOT) not in sys.path:  # also runs as `python bench/overload.py`
     sys.path.insert(0, str(ROOT))
 
 from workshop import images, traffic  # noqa: E402
-from workshop.harness import lesson_server, uwsgi_stats  # noqa: E402
+from workshop.harness import lesson_server, queue_depth, uwsgi_stats  # noqa: E402
 from workshop.lessons import REFERENCE  # noqa: E402
 from workshop.procs import wait_for  # noqa: E402
 
 LESSON = "05_multi_upstream"
 FACTORS = (1, 2, 4)
 PHOTO = images.encode(images.photo().resize((256, 256)), "JPEG")
-
-
-def queue_depth(server) -> list[int]:
-    """The listen backlog of each uWSGI server, as each says when it starts."""
-    return [int(n) for n in re.findall(r"listen backlog is limited to (\d+) connections", server.log(5000))]
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -11,7 +11,7 @@ import time
 import requests
 
 from bench.measure import Context, cpu_seconds, load, log, memory_of, unloaded, uwsgi_instances, wait_workers
-from workshop.harness import concurrently, lesson_server
+from workshop.harness import concurrently, lesson_server, readyz_of_every_worker
 from workshop.procs import wait_for
 
 PNG = "/infer?format=png"
@@ -134,14 +134,8 @@ def gpu(ctx: Context) -> list[dict] | dict:
             wait_workers(srv.run_dir, workers)
             row = {**load(ctx, srv.url + PNG, ctx.body), "workers": workers, "device": "cuda:0",
                    "gpu": torch.cuda.get_device_name(0), "label": f"lesson 03: uWSGI {workers}w on cuda:0"}
-            seen = {}
-
-            def every_worker() -> bool:
-                info = requests.get(srv.url + "/readyz", timeout=10).json()
-                seen[info["pid"]] = info["gpu"]
-                return len(seen) >= workers
-            wait_for(every_worker, timeout=60, interval=0, what="/readyz from every worker")
-            row["gpu_memory_mb_per_worker"] = [g["memory_reserved_mb"] for g in seen.values()]
+            row["gpu_memory_mb_per_worker"] = [info["gpu"]["memory_reserved_mb"] for info in
+                                               readyz_of_every_worker(srv, workers, timeout=60).values()]
             rows.append(row)
     return rows
 
