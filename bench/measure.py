@@ -7,6 +7,7 @@ are. Percentiles under load are wrk's own; every other series of timings goes th
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -22,9 +23,11 @@ from pathlib import Path
 import requests
 
 from workshop.harness import uwsgi_stats
+from workshop.lessons import REFERENCE
 from workshop.procs import descendants, wait_for
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass
@@ -56,6 +59,18 @@ class Context:
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def options(doc: str, quick: str, out: str, argv=None, default_out: Path = RESULTS, **flags) -> argparse.Namespace:
+    """The command line of the runs of their own (soak, overload, metrics_overhead): --quick, --out,
+    --lessons, and any more on/off FLAGS (name=help)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--out", type=Path, default=default_out, help=out)
+    parser.add_argument("--lessons", type=Path, default=REFERENCE, help="the lessons to run (default: lessons/)")
+    for name, help in flags.items():
+        parser.add_argument(f"--{name}", action="store_true", help=help)
+    return parser.parse_args(argv)
 
 
 # ---------------------------------------------------------------- statistics
