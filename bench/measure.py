@@ -24,10 +24,11 @@ import requests
 
 from workshop.harness import uwsgi_stats
 from workshop.lessons import REFERENCE
-from workshop.procs import descendants, wait_for
+from workshop.procs import Server, descendants, wait_for
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RESULTS = Path(__file__).resolve().parent / "results"
+PNG = "/infer?format=png"  # every stage asks for the mask as a PNG, the app's default answer
 
 
 @dataclass
@@ -144,33 +145,27 @@ def wrk(ctx: Context, url: str, body: bytes, seconds: float, conc: int, ctype: s
             "idle_connections": sum(1 for n in per if n == 0)}
 
 
-def settle(url: str, timeout: float = 60) -> None:
+def settle(srv: Server) -> str:
     """Until the stack answers /readyz again: after a load that overflowed it, nginx holds an
     upstream that failed as down for a while (fail_timeout), and answers 503 meanwhile."""
-    def ready():
-        try:
-            return requests.get(url.split("/infer")[0] + "/readyz", timeout=10).ok
-        except requests.RequestException:
-            return False
-    wait_for(ready, timeout=timeout, interval=0.5, what=f"{url} to answer /readyz")
+    srv.wait_http("/readyz", timeout=60)
+    return srv.url + PNG
 
 
-def load(ctx: Context, url: str, body: bytes, ctype: str = "image/jpeg", *, seconds: float | None = None,
-         conc: int | None = None, http10: bool = False, warmup: float | None = None) -> dict:
+def load(ctx: Context, srv: Server, body: bytes, *, seconds: float | None = None, conc: int | None = None,
+         http10: bool = False, warmup: float | None = None) -> dict:
     """A wrk warm-up, then one measured wrk run, with the CPU each process group used meanwhile."""
-    conc, warmup = conc or ctx.conc, ctx.warmup if warmup is None else warmup
-    settle(url)
+    conc, warmup, url = conc or ctx.conc, ctx.warmup if warmup is None else warmup, settle(srv)
     if warmup:
-        wrk(ctx, url, body, warmup, conc, ctype, http10)
+        wrk(ctx, url, body, warmup, conc, "image/jpeg", http10)
     with CpuWindow() as cpu:
-        result = wrk(ctx, url, body, seconds or ctx.seconds, conc, ctype, http10)
+        result = wrk(ctx, url, body, seconds or ctx.seconds, conc, "image/jpeg", http10)
     return {**result, "cpu": cpu.result}
 
 
-def unloaded(url: str, body: bytes, n: int) -> dict:
+def unloaded(srv: Server, body: bytes, n: int) -> dict:
     """n requests one after the other, nothing else running: round trip vs the app's X-Inference-Ms."""
-    rtt, app = [], []
-    settle(url)
+    rtt, app, url = [], [], settle(srv)
     for _ in range(n):  # a fresh connection each time, as most clients do
         t0 = time.perf_counter()
         r = requests.post(url, data=body, timeout=120)

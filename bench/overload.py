@@ -35,11 +35,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def idle(server) -> bool:
     """Both servers have no request in flight (the previous round is over)."""
-    for sock in ("stats1.sock", "stats2.sock"):
-        stats = uwsgi_stats(server.run_dir / sock)
-        if any(w["status"] != "idle" for w in stats["workers"]) or stats.get("listen_queue"):
-            return False
-    return True
+    both = [uwsgi_stats(server.run_dir / sock) for sock in ("stats1.sock", "stats2.sock")]
+    return not any(s.get("listen_queue") or any(w["status"] != "idle" for w in s["workers"]) for s in both)
 
 
 def summary(answers: list[traffic.Answer], connections: int, depth: int) -> dict:

@@ -26,8 +26,9 @@ def dims(height_width: list[int]) -> str:
 
 
 def rows_of(st: dict, name: str):
+    """A stage's results, or {} if it did not run or failed (its error is in the last table)."""
     v = st.get(name)
-    return v if isinstance(v, (list, dict)) and not (isinstance(v, dict) and "error" in v) else []
+    return v if isinstance(v, (list, dict)) and not (isinstance(v, dict) and "error" in v) else {}
 
 
 def failed(r) -> str:
@@ -72,7 +73,7 @@ def markdown(res: dict) -> str:
     out += table("The workshop's targets", ["target", "measured", "met?"],
                  [[t["target"], t["measured"], {True: "yes", False: "**no**", None: "shown"}[t["met"]]]
                   for t in res.get("targets", [])])
-    model = rows_of(st, "model") or {}
+    model = rows_of(st, "model")
     if model:
         prof = model["profile"]
         out += table("Where a request's time goes, before and after the levers",
@@ -100,7 +101,7 @@ def markdown(res: dict) -> str:
                                                               "× batch 1:"],
                      [[r["batch"], r["torch_threads"], f(r["ms_per_image"]),
                        f(r["ms_per_image"] / one[r["torch_threads"]], 2)] for r in model["batching"]])
-    l05 = rows_of(st, "lesson05") or {}
+    l05 = rows_of(st, "lesson05")
     if l05:
         sizes = {r["label"]: r for r in model.get("formats_by_size", [])} if model else {}
         base = l05["by_size"][0]["unloaded"].get("round_trip_ms", {}).get("p50")
@@ -186,7 +187,7 @@ def chart(res: dict, path: Path) -> None:
             ax.axvline(lim[key], color="black", ls=style, lw=1)
     ax.set(xlim=(0, max([r["images_per_s"] for r in rows] + [1]) * 1.45), xlabel="images/s (256x256 photo)",
            title="Each stage (dashed: the forward-pass limit, dotted: the pipeline)")
-    l05 = rows_of(st, "lesson05") or {}
+    l05 = rows_of(st, "lesson05")
     served = [r for r in l05.get("by_size", []) if "latency_ms" in r]
     mp = [r["megapixels"] for r in served]
     for key, style in (("p50", "o-"), ("p99", "s--")):
