@@ -126,12 +126,12 @@ end
 """
 
 
-def wrk(ctx: Context, url: str, body: bytes, seconds: float, conc: int, ctype: str, http10: bool) -> dict:
+def wrk(ctx: Context, url: str, body: bytes, seconds: float, conc: int, http10: bool) -> dict:
     (ctx.work / "bench.lua").write_text(LUA)
     (ctx.work / "body.bin").write_bytes(body)
     cmd = ["wrk", f"-t{conc}", f"-c{conc}", f"-d{max(1, round(seconds))}s", "--timeout=30s", "-s",
            str(ctx.work / "bench.lua"), url]
-    env = dict(os.environ, BENCH_BODY=str(ctx.work / "body.bin"), BENCH_CTYPE=ctype, BENCH_HTTP10=str(int(http10)))
+    env = dict(os.environ, BENCH_BODY=str(ctx.work / "body.bin"), BENCH_CTYPE="image/jpeg", BENCH_HTTP10=str(int(http10)))
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 90)
     line = next((l for l in out.stdout.splitlines() if l.startswith("BENCHJSON ")), None)
     if line is None:
@@ -157,9 +157,9 @@ def load(ctx: Context, srv: Server, body: bytes, *, seconds: float | None = None
     """A wrk warm-up, then one measured wrk run, with the CPU each process group used meanwhile."""
     conc, warmup, url = conc or ctx.conc, ctx.warmup if warmup is None else warmup, settle(srv)
     if warmup:
-        wrk(ctx, url, body, warmup, conc, "image/jpeg", http10)
+        wrk(ctx, url, body, warmup, conc, http10)
     with CpuWindow() as cpu:
-        result = wrk(ctx, url, body, seconds or ctx.seconds, conc, "image/jpeg", http10)
+        result = wrk(ctx, url, body, seconds or ctx.seconds, conc, http10)
     return {**result, "cpu": cpu.result}
 
 

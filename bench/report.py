@@ -31,6 +31,21 @@ def rows_of(st: dict, name: str):
     return v if isinstance(v, (list, dict)) and not (isinstance(v, dict) and "error" in v) else {}
 
 
+def served(st: dict, cores: int) -> list[tuple[str, str, dict]]:
+    """(stage, setting, run) of the headline runs of lessons 03-05: the sweep's best, lesson 04's, and
+    lesson 05 at one and two connections per core. The table of stages and the CPU table show these."""
+    sweep, rows = rows_of(st, "lesson03_sweep"), []
+    if sweep:
+        b = max(sweep, key=lambda r: r["rps"])
+        rows.append(("lesson 03: uWSGI http-socket", f"the sweep's best: {b['workers']} workers x {b['torch_threads']} "
+                     f"torch thread(s), {b['mode']}", b))
+    rows += [("lesson 04: nginx -> uWSGI", f"{r['workers']} workers x {r['torch_threads']} torch thread(s), "
+              f"{r['mode']}", r) for r in rows_of(st, "lesson04")]
+    return rows + [("lesson 05: nginx -> 2 upstreams", f"2 x ({r['workers_per_upstream']} worker x {r['torch_threads']} "
+                    f"thread, {r['mode']}), {r['connections']} connections", r)
+                   for r in rows_of(st, "lesson05").get("by_connections", []) if r["connections"] in (cores, 2 * cores)]
+
+
 def failed(r) -> str:
     total = r["failed"]["total"] if isinstance(r.get("failed"), dict) else r.get("failed")
     txt = "–" if total is None else str(total) if total == 0 else f"**{total}**"
@@ -153,8 +168,7 @@ def markdown(res: dict) -> str:
         out += table("Lesson 04: the page from nginx, the echo app through uWSGI", [
             "request", "requests/s:"], [["GET /page.css, from nginx's disk", f(page["static"], 0)],
                                        ["POST /infer, lesson 01's echo app through uWSGI", f(page["echo"], 0)]])
-    busy = ([max(sweep, key=lambda r: r["rps"])] if sweep else []) + list(rows_of(st, "lesson04")) + \
-        [r for r in l05.get("by_connections", []) if r["connections"] in (meta["cores"], 2 * meta["cores"])]
+    busy = [r for _, _, r in served(st, meta["cores"])]
     out += table("Who used the CPU during the runs (% of one core)", [
         "run", "images/s:", "uwsgi:", "nginx:", "wrk:", "other:", "machine busy:"],
         [[r["label"], f(r["rps"]), *(f(r["cpu"]["ours_pct_by_process"].get(k, 0), 0)

@@ -127,15 +127,7 @@ def derive(res: dict) -> None:
             ("the app's pipeline, no HTTP", f"{cores} processes x 1 torch thread", get("limit").get("pipeline")),
             ("limit: the forward pass alone", "again, before lessons 04-05", get("limit_again"))]
     rows += [("lesson 02: Flask dev server", "model built once, 1 torch thread", r) for r in get("lesson02")]
-    if get("lesson03_sweep"):
-        b = max(st["lesson03_sweep"], key=lambda r: r["rps"])
-        rows.append(("lesson 03: uWSGI http-socket", f"the sweep's best: {b['workers']} workers x {b['torch_threads']} "
-                     f"torch thread(s), {b['mode']}", b))
-    rows += [("lesson 04: nginx -> uWSGI", f"{r['workers']} workers x {r['torch_threads']} torch thread(s), "
-              f"{r['mode']}", r) for r in get("lesson04")]
-    rows += [("lesson 05: nginx -> 2 upstreams", f"2 x ({r['workers_per_upstream']} worker x {r['torch_threads']} "
-              f"thread, {r['mode']}), {r['connections']} connections", r)
-             for r in get("lesson05").get("by_connections", []) if r["connections"] in (cores, 2 * cores)]
+    rows += report.served(st, cores)
     speed = lambda r: r["rps"] if "rps" in r else r["images_per_s"]  # noqa: E731  (wrk's rows, the limit's)
     res["headline"] = [{"stage": stage, "setting": setting, "images_per_s": speed(r),
                         "x_forward": ratio(speed(r), forward), "x_pipeline": ratio(speed(r), pipeline),
