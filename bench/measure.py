@@ -2,7 +2,8 @@
 
 A stage (bench/run.py lists them) starts its servers through workshop.harness, measures
 them with load(), unloaded() and memory_of(), and returns rows kept in results.json as they
-are. Percentiles under load are wrk's own; every other series of timings goes through summary().
+are. Percentiles under load are wrk's own; every other series of timings of a stage goes through
+summary() (the runs of their own, soak, overload and metrics_overhead, keep their own figures).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def options(doc: str, quick: str, out: str, argv=None, default_out: Path = RESUL
 # ---------------------------------------------------------------- statistics
 
 def summary(samples_ms: list[float]) -> dict:
-    """n, p50, p95, p99 (nearest rank), mean and min of a series of timings in ms."""
+    """n, p50, p95, p99 (the value at position round(q/100 * (n - 1))), mean and min of timings in ms."""
     xs = sorted(samples_ms)
     pick = lambda q: round(xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))], 2)  # noqa: E731
     return {"n": len(xs), "p50": pick(50), "p95": pick(95), "p99": pick(99),

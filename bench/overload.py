@@ -27,6 +27,9 @@ PHOTO = images.encode(images.photo().resize((256, 256)), "JPEG")
 
 
 def percentile(values: list[float], q: float) -> float | None:
+    """The round(q/100 * n)-th smallest of n values. (measure.summary, for the benchmark's stages,
+    takes the one at position round(q/100 * (n - 1)) instead: on a short series the two can differ
+    by one place.)"""
     if not values:
         return None
     ordered = sorted(values)
