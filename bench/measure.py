@@ -132,7 +132,8 @@ def wrk(ctx: Context, url: str, body: bytes, seconds: float, conc: int, http10: 
     (ctx.work / "body.bin").write_bytes(body)
     cmd = ["wrk", f"-t{conc}", f"-c{conc}", f"-d{max(1, round(seconds))}s", "--timeout=30s", "-s",
            str(ctx.work / "bench.lua"), url]
-    env = dict(os.environ, BENCH_BODY=str(ctx.work / "body.bin"), BENCH_CTYPE="image/jpeg", BENCH_HTTP10=str(int(http10)))
+    env = dict(os.environ, BENCH_BODY=str(ctx.work / "body.bin"), BENCH_CTYPE="image/jpeg",
+               BENCH_HTTP10=str(int(http10)))
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 90)
     line = next((l for l in out.stdout.splitlines() if l.startswith("BENCHJSON ")), None)
     if line is None:

@@ -41,8 +41,8 @@ def served(st: dict, cores: int) -> list[tuple[str, str, dict]]:
                      f"torch thread(s), {b['mode']}", b))
     rows += [("lesson 04: nginx -> uWSGI", f"{r['workers']} workers x {r['torch_threads']} torch thread(s), "
               f"{r['mode']}", r) for r in rows_of(st, "lesson04")]
-    return rows + [("lesson 05: nginx -> 2 upstreams", f"2 x ({r['workers_per_upstream']} worker x {r['torch_threads']} "
-                    f"thread, {r['mode']}), {r['connections']} connections", r)
+    return rows + [("lesson 05: nginx -> 2 upstreams", f"2 x ({r['workers_per_upstream']} worker x "
+                    f"{r['torch_threads']} thread, {r['mode']}), {r['connections']} connections", r)
                    for r in rows_of(st, "lesson05").get("by_connections", []) if r["connections"] in (cores, 2 * cores)]
 
 

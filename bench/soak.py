@@ -59,8 +59,9 @@ def sample(run_dir: Path, t: float) -> list[dict]:
         except (OSError, ValueError):
             continue
         # delta_requests: this process's requests ("requests" counts the slot's, across respawns)
-        rows += [{"t": t, "upstream": upstream, "worker": w["id"], "pid": w["pid"], "rss_mb": round(w["rss"] / 2**20, 1),
-                  "requests": w["delta_requests"]} for w in stats["workers"] if w["pid"]]
+        rows += [{"t": t, "upstream": upstream, "worker": w["id"], "pid": w["pid"],
+                  "rss_mb": round(w["rss"] / 2**20, 1), "requests": w["delta_requests"]}
+                 for w in stats["workers"] if w["pid"]]
     return rows
 
 
