@@ -20,20 +20,16 @@ import gzip
 import io
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+from PIL import Image, ImageOps
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
-
-from bench.measure import median  # noqa: E402
-from workshop import images  # noqa: E402
-from workshop.lessons import import_module  # noqa: E402
+from bench.measure import median
+from workshop import images
+from workshop.lessons import REFERENCE, import_module
 
 PRETRAINED = Path(torch.hub.get_dir()) / "checkpoints" / "lraspp_mobilenet_v3_large-d234d4ea.pth"
 SAMPLES = ("chelsea", "astronaut", "coffee")
@@ -258,7 +254,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cmd", choices=["limit", "model"])
     parser.add_argument("what", nargs="?", default="forward,pipeline", help="limit: forward, pipeline or both")
-    parser.add_argument("--lessons", default=str(ROOT / "lessons"))
+    parser.add_argument("--lessons", default=str(REFERENCE))
     for option in ("--image", "--signals", "--photos", "--weights-out"):
         parser.add_argument(option)
     parser.add_argument("--seconds", type=float, default=10.0)

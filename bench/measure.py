@@ -2,11 +2,13 @@
 
 A stage (bench/run.py lists them) starts its servers through workshop.harness, measures
 them with load(), unloaded() and memory_of(), and returns rows kept in results.json as they
-are. Percentiles under load are wrk's own; every other series of timings goes through summary().
+are. Percentiles under load are wrk's own; every other series of timings of a stage goes through
+summary() (the runs of their own, soak, overload and metrics_overhead, keep their own figures).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -22,9 +24,12 @@ from pathlib import Path
 import requests
 
 from workshop.harness import uwsgi_stats
-from workshop.procs import descendants, wait_for
+from workshop.lessons import REFERENCE
+from workshop.procs import Server, descendants, wait_for
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+RESULTS = Path(__file__).resolve().parent / "results"
+PNG = "/infer?format=png"  # every stage asks for the mask as a PNG, the app's default answer
 
 
 @dataclass
@@ -58,10 +63,22 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def options(doc: str, quick: str, out: str, argv=None, default_out: Path = RESULTS, **flags) -> argparse.Namespace:
+    """The command line of the runs of their own (soak, overload, metrics_overhead): --quick, --out,
+    --lessons, and any more on/off FLAGS (name=help)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--out", type=Path, default=default_out, help=out)
+    parser.add_argument("--lessons", type=Path, default=REFERENCE, help="the lessons to run (default: lessons/)")
+    for name, help in flags.items():
+        parser.add_argument(f"--{name}", action="store_true", help=help)
+    return parser.parse_args(argv)
+
+
 # ---------------------------------------------------------------- statistics
 
 def summary(samples_ms: list[float]) -> dict:
-    """n, p50, p95, p99 (nearest rank), mean and min of a series of timings in ms."""
+    """n, p50, p95, p99 (the value at position round(q/100 * (n - 1))), mean and min of timings in ms."""
     xs = sorted(samples_ms)
     pick = lambda q: round(xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))], 2)  # noqa: E731
     return {"n": len(xs), "p50": pick(50), "p95": pick(95), "p99": pick(99),
@@ -110,12 +127,13 @@ end
 """
 
 
-def wrk(ctx: Context, url: str, body: bytes, seconds: float, conc: int, ctype: str, http10: bool) -> dict:
+def wrk(ctx: Context, url: str, body: bytes, seconds: float, conc: int, http10: bool) -> dict:
     (ctx.work / "bench.lua").write_text(LUA)
     (ctx.work / "body.bin").write_bytes(body)
     cmd = ["wrk", f"-t{conc}", f"-c{conc}", f"-d{max(1, round(seconds))}s", "--timeout=30s", "-s",
            str(ctx.work / "bench.lua"), url]
-    env = dict(os.environ, BENCH_BODY=str(ctx.work / "body.bin"), BENCH_CTYPE=ctype, BENCH_HTTP10=str(int(http10)))
+    env = dict(os.environ, BENCH_BODY=str(ctx.work / "body.bin"), BENCH_CTYPE="image/jpeg",
+               BENCH_HTTP10=str(int(http10)))
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 90)
     line = next((l for l in out.stdout.splitlines() if l.startswith("BENCHJSON ")), None)
     if line is None:
@@ -129,33 +147,27 @@ def wrk(ctx: Context, url: str, body: bytes, seconds: float, conc: int, ctype: s
             "idle_connections": sum(1 for n in per if n == 0)}
 
 
-def settle(url: str, timeout: float = 60) -> None:
+def settle(srv: Server) -> str:
     """Until the stack answers /readyz again: after a load that overflowed it, nginx holds an
     upstream that failed as down for a while (fail_timeout), and answers 503 meanwhile."""
-    def ready():
-        try:
-            return requests.get(url.split("/infer")[0] + "/readyz", timeout=10).ok
-        except requests.RequestException:
-            return False
-    wait_for(ready, timeout=timeout, interval=0.5, what=f"{url} to answer /readyz")
+    srv.wait_http("/readyz", timeout=60)
+    return srv.url + PNG
 
 
-def load(ctx: Context, url: str, body: bytes, ctype: str = "image/jpeg", *, seconds: float | None = None,
-         conc: int | None = None, http10: bool = False, warmup: float | None = None) -> dict:
+def load(ctx: Context, srv: Server, body: bytes, *, seconds: float | None = None, conc: int | None = None,
+         http10: bool = False, warmup: float | None = None) -> dict:
     """A wrk warm-up, then one measured wrk run, with the CPU each process group used meanwhile."""
-    conc, warmup = conc or ctx.conc, ctx.warmup if warmup is None else warmup
-    settle(url)
+    conc, warmup, url = conc or ctx.conc, ctx.warmup if warmup is None else warmup, settle(srv)
     if warmup:
-        wrk(ctx, url, body, warmup, conc, ctype, http10)
+        wrk(ctx, url, body, warmup, conc, http10)
     with CpuWindow() as cpu:
-        result = wrk(ctx, url, body, seconds or ctx.seconds, conc, ctype, http10)
+        result = wrk(ctx, url, body, seconds or ctx.seconds, conc, http10)
     return {**result, "cpu": cpu.result}
 
 
-def unloaded(url: str, body: bytes, n: int) -> dict:
+def unloaded(srv: Server, body: bytes, n: int) -> dict:
     """n requests one after the other, nothing else running: round trip vs the app's X-Inference-Ms."""
-    rtt, app = [], []
-    settle(url)
+    rtt, app, url = [], [], settle(srv)
     for _ in range(n):  # a fresh connection each time, as most clients do
         t0 = time.perf_counter()
         r = requests.post(url, data=body, timeout=120)

@@ -3,25 +3,11 @@
 
     python -m bench.metrics_overhead [--quick] [--out DIR]    # writes DIR/metrics_overhead.json
 
-Both stacks run one after the other, never together, in the order off, on,
-on, off, off, on, ... so that neither always comes first on a machine whose
-other work comes and goes. Each run: a few requests to warm up, then the same
-closed-loop load through nginx (each of AT_ONCE threads sends its next photo
-as soon as the last is answered). The median run of each stack counts.
-With metrics on, Prometheus' own scrape_duration_seconds says what one
-scrape of an upstream took.
-
-On a shared machine that difference drowns in the noise; two numbers that
-do not: what the instrumentation adds to one request (lesson 07's middleware
-and three stage timers, in multiprocess mode, timed in a process of its own
-against the same app unwrapped), and the scrape time above.
-
-run(out_dir, quick=False) -> dict is what the benchmark calls.
+How the two stacks take turns, and which of its numbers to trust: the guide's Benchmarks page.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -31,6 +17,7 @@ from pathlib import Path
 
 import requests
 
+from bench.measure import options
 from workshop.harness import concurrently, lesson_server
 from workshop.images import photo_bytes
 from workshop.lessons import REFERENCE, ROOT
@@ -92,14 +79,14 @@ print(json.dumps({"bare_us": per_call(bare) * 1e6, "measured_us": per_call(measu
 """
 
 
-def _per_request_us(calls: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", PER_REQUEST, str(REFERENCE), str(calls)],
+def _per_request_us(calls: int, lessons: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", PER_REQUEST, str(lessons), str(calls)],
                          capture_output=True, text=True, timeout=300, check=True)
     times = json.loads(out.stdout.strip().splitlines()[-1])
     return {"added_us": round(times["measured_us"] - times["bare_us"], 1), "calls": calls}
 
 
-def run(out_dir: Path, quick: bool = False) -> dict:
+def run(out_dir: Path, quick: bool = False, lessons: Path = REFERENCE) -> dict:
     count, rounds = (40, 1) if quick else (150, 2)
     image = photo_bytes()
     runs: dict[str, list] = {"off": [], "on": []}
@@ -107,7 +94,7 @@ def run(out_dir: Path, quick: bool = False) -> dict:
     for round_ in range(rounds):
         order = list(STACKS.items())
         for metrics, lesson in (order if round_ % 2 == 0 else order[::-1]):
-            with lesson_server(REFERENCE, lesson, timeout=150) as stack:
+            with lesson_server(lessons, lesson, timeout=150) as stack:
                 if metrics == "on":   # Prometheus scrapes from the start: give it its first scrapes
                     time.sleep(3)
                 runs[metrics].append(_load(stack.url, image, count))
@@ -121,7 +108,7 @@ def run(out_dir: Path, quick: bool = False) -> dict:
         "on": {"lesson": STACKS["on"], "images_per_s": on, "runs": runs["on"],
                "scrape_ms": round(statistics.median(scrape), 2) if scrape else None},
         "overhead_pct": round(100 * (off - on) / off, 1),
-        "per_request": _per_request_us(2000 if quick else 20000),
+        "per_request": _per_request_us(2000 if quick else 20000, lessons),
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -129,19 +116,16 @@ def run(out_dir: Path, quick: bool = False) -> dict:
     return result
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one short run of each stack")
-    parser.add_argument("--out", default=str(ROOT / "out"), help="folder for metrics_overhead.json")
-    args = parser.parse_args()
-    result = run(Path(args.out), quick=args.quick)
+def main(argv: list[str] | None = None) -> int:
+    args = options(__doc__, "one short run of each stack", "folder for metrics_overhead.json", argv, ROOT / "out")
+    result = run(args.out, quick=args.quick, lessons=args.lessons)
     print(f"[metrics_overhead] off {result['off']['images_per_s']} images/s, on "
           f"{result['on']['images_per_s']} images/s: {result['overhead_pct']}% slower with metrics; "
           f"a scrape of an upstream took {result['on']['scrape_ms']} ms; the instrumentation adds "
           f"{result['per_request']['added_us']} µs to a request "
-          f"({Path(args.out) / 'metrics_overhead.json'})")
+          f"({args.out / 'metrics_overhead.json'})")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

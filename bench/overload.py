@@ -4,46 +4,32 @@
     python -m bench.overload --quick    1 round each
     python -m bench.overload --out DIR  write overload.json there (default: bench/results)
 
-Lesson 05 started with its own run.sh. The queue's depth is what its two
-uWSGI servers hold (their `listen` backlog, as each logs it; nginx's
-`max_conns` caps what it sends each at the same number). Each round opens
-N connections at the same moment, one POST on each (the 256x256 photo),
-and records every outcome: a status, or how the connection ended without
-one. Reported per multiple of the depth: how many 200s and 503s, anything
-else, the p50/p99 time of the 200s, and how soon the first 503 came.
+What it sends and what it reports: the guide's Benchmarks page.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
-import re
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # also runs as `python bench/overload.py`
-    sys.path.insert(0, str(ROOT))
-
-from workshop import images, traffic  # noqa: E402
-from workshop.harness import lesson_server, uwsgi_stats  # noqa: E402
-from workshop.lessons import REFERENCE  # noqa: E402
-from workshop.procs import wait_for  # noqa: E402
+from bench.measure import options
+from workshop import images, traffic
+from workshop.harness import lesson_server, queue_depth, uwsgi_stats
+from workshop.lessons import REFERENCE
+from workshop.procs import wait_for
 
 LESSON = "05_multi_upstream"
 FACTORS = (1, 2, 4)
 PHOTO = images.encode(images.photo().resize((256, 256)), "JPEG")
 
 
-def queue_depth(server) -> list[int]:
-    """The listen backlog of each uWSGI server, as each says when it starts."""
-    return [int(n) for n in re.findall(r"listen backlog is limited to (\d+) connections", server.log(5000))]
-
-
 def percentile(values: list[float], q: float) -> float | None:
+    """The round(q/100 * n)-th smallest of n values. (measure.summary, for the benchmark's stages,
+    takes the one at position round(q/100 * (n - 1)) instead: on a short series the two can differ
+    by one place.)"""
     if not values:
         return None
     ordered = sorted(values)
@@ -52,11 +38,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def idle(server) -> bool:
     """Both servers have no request in flight (the previous round is over)."""
-    for sock in ("stats1.sock", "stats2.sock"):
-        stats = uwsgi_stats(server.run_dir / sock)
-        if any(w["status"] != "idle" for w in stats["workers"]) or stats.get("listen_queue"):
-            return False
-    return True
+    both = [uwsgi_stats(server.run_dir / sock) for sock in ("stats1.sock", "stats2.sock")]
+    return not any(s.get("listen_queue") or any(w["status"] != "idle" for w in s["workers"]) for s in both)
 
 
 def summary(answers: list[traffic.Answer], connections: int, depth: int) -> dict:
@@ -80,21 +63,17 @@ def summary(answers: list[traffic.Answer], connections: int, depth: int) -> dict
     }
 
 
+COUNTS = ("ok", "busy_503", "other", "busy_with_retry_after", "busy_as_json")
+TIMES = ("p50_ok_s", "p99_ok_s", "max_ok_s", "first_503_s", "last_503_s")
+
+
 def merged(rounds: list[dict]) -> dict:
     """One row per factor from its rounds: counts add up, times are the rounds' worst."""
-    first = rounds[0]
-    out = {"connections": first["connections"], "times_the_queue": first["times_the_queue"], "rounds": len(rounds)}
-    for key in ("ok", "busy_503", "other", "busy_with_retry_after", "busy_as_json"):
-        out[key] = sum(r[key] for r in rounds)
-    outcomes = collections.Counter()
-    for r in rounds:
-        outcomes.update(r["outcomes"])
-    out["outcomes"] = dict(outcomes)
-    for key in ("p50_ok_s", "p99_ok_s", "max_ok_s", "first_503_s", "last_503_s"):
-        values = [r[key] for r in rounds if r[key] is not None]
-        out[key] = max(values) if values else None
-    out["per_round"] = rounds
-    return out
+    out = {"connections": rounds[0]["connections"], "times_the_queue": rounds[0]["times_the_queue"],
+           "rounds": len(rounds), **{key: sum(r[key] for r in rounds) for key in COUNTS},
+           "outcomes": dict(sum((collections.Counter(r["outcomes"]) for r in rounds), collections.Counter()))}
+    out.update({key: max((r[key] for r in rounds if r[key] is not None), default=None) for key in TIMES})
+    return {**out, "per_round": rounds}
 
 
 def run(out_dir: Path, quick: bool = False, lessons: Path = REFERENCE) -> dict:
@@ -130,11 +109,7 @@ def run(out_dir: Path, quick: bool = False, lessons: Path = REFERENCE) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one round per multiple instead of three")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where overload.json goes")
-    parser.add_argument("--lessons", type=Path, default=REFERENCE, help="the lessons to run (default: lessons/)")
-    opts = parser.parse_args(argv)
+    opts = options(__doc__, "one round per multiple instead of three", "where overload.json goes", argv)
     result = run(opts.out, quick=opts.quick, lessons=opts.lessons)
     for r in result["by_factor"]:
         print(f"{r['factor']}x ({r['connections']} connections): {r['ok']} x 200, {r['busy_503']} x 503, "
@@ -144,4 +119,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -26,8 +26,24 @@ def dims(height_width: list[int]) -> str:
 
 
 def rows_of(st: dict, name: str):
+    """A stage's results, or {} if it did not run or failed (its error is in the last table)."""
     v = st.get(name)
-    return v if isinstance(v, (list, dict)) and not (isinstance(v, dict) and "error" in v) else []
+    return v if isinstance(v, (list, dict)) and not (isinstance(v, dict) and "error" in v) else {}
+
+
+def served(st: dict, cores: int) -> list[tuple[str, str, dict]]:
+    """(stage, setting, run) of the headline runs of lessons 03-05: the sweep's best, lesson 04's, and
+    lesson 05 at one and two connections per core. The table of stages and the CPU table show these."""
+    sweep, rows = rows_of(st, "lesson03_sweep"), []
+    if sweep:
+        b = max(sweep, key=lambda r: r["rps"])
+        rows.append(("lesson 03: uWSGI http-socket", f"the sweep's best: {b['workers']} workers x {b['torch_threads']} "
+                     f"torch thread(s), {b['mode']}", b))
+    rows += [("lesson 04: nginx -> uWSGI", f"{r['workers']} workers x {r['torch_threads']} torch thread(s), "
+              f"{r['mode']}", r) for r in rows_of(st, "lesson04")]
+    return rows + [("lesson 05: nginx -> 2 upstreams", f"2 x ({r['workers_per_upstream']} worker x "
+                    f"{r['torch_threads']} thread, {r['mode']}), {r['connections']} connections", r)
+                   for r in rows_of(st, "lesson05").get("by_connections", []) if r["connections"] in (cores, 2 * cores)]
 
 
 def failed(r) -> str:
@@ -72,7 +88,7 @@ def markdown(res: dict) -> str:
     out += table("The workshop's targets", ["target", "measured", "met?"],
                  [[t["target"], t["measured"], {True: "yes", False: "**no**", None: "shown"}[t["met"]]]
                   for t in res.get("targets", [])])
-    model = rows_of(st, "model") or {}
+    model = rows_of(st, "model")
     if model:
         prof = model["profile"]
         out += table("Where a request's time goes, before and after the levers",
@@ -100,7 +116,7 @@ def markdown(res: dict) -> str:
                                                               "× batch 1:"],
                      [[r["batch"], r["torch_threads"], f(r["ms_per_image"]),
                        f(r["ms_per_image"] / one[r["torch_threads"]], 2)] for r in model["batching"]])
-    l05 = rows_of(st, "lesson05") or {}
+    l05 = rows_of(st, "lesson05")
     if l05:
         sizes = {r["label"]: r for r in model.get("formats_by_size", [])} if model else {}
         base = l05["by_size"][0]["unloaded"].get("round_trip_ms", {}).get("p50")
@@ -152,8 +168,7 @@ def markdown(res: dict) -> str:
         out += table("Lesson 04: the page from nginx, the echo app through uWSGI", [
             "request", "requests/s:"], [["GET /page.css, from nginx's disk", f(page["static"], 0)],
                                        ["POST /infer, lesson 01's echo app through uWSGI", f(page["echo"], 0)]])
-    busy = ([max(sweep, key=lambda r: r["rps"])] if sweep else []) + list(rows_of(st, "lesson04")) + \
-        [r for r in l05.get("by_connections", []) if r["connections"] in (meta["cores"], 2 * meta["cores"])]
+    busy = [r for _, _, r in served(st, meta["cores"])]
     out += table("Who used the CPU during the runs (% of one core)", [
         "run", "images/s:", "uwsgi:", "nginx:", "wrk:", "other:", "machine busy:"],
         [[r["label"], f(r["rps"]), *(f(r["cpu"]["ours_pct_by_process"].get(k, 0), 0)
@@ -186,7 +201,7 @@ def chart(res: dict, path: Path) -> None:
             ax.axvline(lim[key], color="black", ls=style, lw=1)
     ax.set(xlim=(0, max([r["images_per_s"] for r in rows] + [1]) * 1.45), xlabel="images/s (256x256 photo)",
            title="Each stage (dashed: the forward-pass limit, dotted: the pipeline)")
-    l05 = rows_of(st, "lesson05") or {}
+    l05 = rows_of(st, "lesson05")
     served = [r for r in l05.get("by_size", []) if "latency_ms" in r]
     mp = [r["megapixels"] for r in served]
     for key, style in (("p50", "o-"), ("p99", "s--")):

@@ -22,16 +22,13 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # also runs as `python bench/run.py`
-    sys.path.insert(0, str(ROOT))
-
-from bench import report, serving  # noqa: E402
-from bench.measure import Context, CpuWindow, loadavg, log, machine, ratio, summary  # noqa: E402
-from workshop import images  # noqa: E402
-from workshop.harness import make_run_dir, started, stop  # noqa: E402
-from workshop.lessons import REFERENCE  # noqa: E402
-from workshop.procs import Server  # noqa: E402
+from bench import report, serving
+from bench.measure import RESULTS, Context, CpuWindow, loadavg, log, machine, ratio, summary
+from bench.report import rows_of
+from workshop import images
+from workshop.harness import make_run_dir, started, stop
+from workshop.lessons import REFERENCE, ROOT
+from workshop.procs import Server
 
 # The photo sizes: scikit-image's cat, stretched. --quick measures two of them.
 SIZES = [("256x256", 256, 256), ("0.5 MP", 816, 612), ("2 MP", 1632, 1224), ("12 MP", 4000, 3000),
@@ -118,14 +115,10 @@ STAGES = [
 ]
 
 
-def ok(value) -> bool:
-    return isinstance(value, (list, dict)) and not (isinstance(value, dict) and "error" in value)
-
-
 def derive(res: dict) -> None:
     """The two bars, every stage's ratio to them, and the targets: computed here, once."""
     st, cores = res["stages"], res["meta"]["cores"]
-    get = lambda name: st[name] if ok(st.get(name)) else {}  # noqa: E731
+    get = lambda name: rows_of(st, name)  # noqa: E731
     runs = [r["images_per_s"] for r in (get("limit").get("forward"), get("limit_again")) if r]
     forward = round(sum(runs) / len(runs), 2) if runs else None
     pipeline = get("limit").get("pipeline", {}).get("images_per_s")
@@ -134,15 +127,7 @@ def derive(res: dict) -> None:
             ("the app's pipeline, no HTTP", f"{cores} processes x 1 torch thread", get("limit").get("pipeline")),
             ("limit: the forward pass alone", "again, before lessons 04-05", get("limit_again"))]
     rows += [("lesson 02: Flask dev server", "model built once, 1 torch thread", r) for r in get("lesson02")]
-    if get("lesson03_sweep"):
-        b = max(st["lesson03_sweep"], key=lambda r: r["rps"])
-        rows.append(("lesson 03: uWSGI http-socket", f"the sweep's best: {b['workers']} workers x {b['torch_threads']} "
-                     f"torch thread(s), {b['mode']}", b))
-    rows += [("lesson 04: nginx -> uWSGI", f"{r['workers']} workers x {r['torch_threads']} torch thread(s), "
-              f"{r['mode']}", r) for r in get("lesson04")]
-    rows += [("lesson 05: nginx -> 2 upstreams", f"2 x ({r['workers_per_upstream']} worker x {r['torch_threads']} "
-              f"thread, {r['mode']}), {r['connections']} connections", r)
-             for r in get("lesson05").get("by_connections", []) if r["connections"] in (cores, 2 * cores)]
+    rows += report.served(st, cores)
     speed = lambda r: r["rps"] if "rps" in r else r["images_per_s"]  # noqa: E731  (wrk's rows, the limit's)
     res["headline"] = [{"stage": stage, "setting": setting, "images_per_s": speed(r),
                         "x_forward": ratio(speed(r), forward), "x_pipeline": ratio(speed(r), pipeline),
@@ -156,7 +141,7 @@ def derive(res: dict) -> None:
 def targets(st: dict, cores: int, forward: float | None) -> list[dict]:
     """The workshop's targets on this machine, as sentences, with what this run measured."""
     out = []
-    l05 = st["lesson05"] if ok(st.get("lesson05")) else {}
+    l05 = rows_of(st, "lesson05")
     at = next((r for r in l05.get("by_connections", []) if r["connections"] == cores), None)
     if at and forward:
         lat, x = at["latency_ms"], at["rps"] / forward
@@ -168,7 +153,7 @@ def targets(st: dict, cores: int, forward: float | None) -> list[dict]:
                  at["failed"]["total"] == 0)]
     rtt = {r["label"]: r["unloaded"].get("round_trip_ms") for r in l05.get("by_size", [])}
     small, big = rtt.get("256x256"), rtt.get("12 MP")
-    fwd = st["model"]["layouts"]["channels_last_ms"] if ok(st.get("model")) else None
+    fwd = rows_of(st, "model").get("layouts", {}).get("channels_last_ms")
     if small and fwd:
         out.append(("time outside the forward pass ≤ 10 % of a 256x256 request (unloaded, through lesson 05)",
                     f"{small['p50'] - fwd:.1f} of {small['p50']:.1f} ms = {100 - 100 * fwd / small['p50']:.0f} % "
@@ -188,7 +173,7 @@ def targets(st: dict, cores: int, forward: float | None) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: short runs, fewer settings")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where to write the results")
+    parser.add_argument("--out", default=str(RESULTS), help="where to write the results")
     parser.add_argument("--lessons", default=str(REFERENCE), help="the lessons to measure")
     parser.add_argument("--only", help="comma-separated stages to run: " + ",".join(n for n, _ in STAGES))
     args = parser.parse_args(argv)
@@ -227,7 +212,7 @@ def main(argv=None) -> int:
                 res["stages"][name] = {"error": f"{type(exc).__name__}: {exc}",
                                        "traceback": traceback.format_exc()[-3000:]}
             res["timing_s"][name] = round(time.monotonic() - t1, 1)
-            if name == "model" and ok(res["stages"]["model"]):
+            if name == "model" and rows_of(res["stages"], "model"):
                 res["stages"]["mask_formats"] = res["stages"]["model"].pop("mask_formats")
     finally:
         shutil.rmtree(ctx.work, ignore_errors=True)

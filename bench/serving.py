@@ -10,19 +10,18 @@ import time
 
 import requests
 
-from bench.measure import Context, cpu_seconds, load, log, memory_of, unloaded, uwsgi_instances, wait_workers
-from workshop.harness import concurrently, lesson_server
+from bench.measure import PNG, Context, cpu_seconds, load, log, memory_of, unloaded, uwsgi_instances, wait_workers
+from workshop.harness import concurrently, lesson_server, readyz_of_every_worker
 from workshop.procs import wait_for
 
-PNG = "/infer?format=png"
 START = 240  # seconds a stack may take to get ready (lazy-apps on a busy machine is slow)
 
 
 def lesson02(ctx: Context) -> list[dict]:
     log("lesson 02 (Flask dev server)")
     with lesson_server(ctx.lessons, "02_segmentation", timeout=START) as srv:
-        return [{**load(ctx, srv.url + PNG, ctx.body), "label": "lesson 02: Flask dev server", "torch_threads": 1,
-                 "memory": memory_of(srv.pid), "unloaded": unloaded(srv.url + PNG, ctx.body, 2 if ctx.quick else 6)}]
+        return [{**load(ctx, srv, ctx.body), "label": "lesson 02: Flask dev server", "torch_threads": 1,
+                 "memory": memory_of(srv.pid), "unloaded": unloaded(srv, ctx.body, 2 if ctx.quick else 6)}]
 
 
 def fork(ctx: Context) -> list[dict]:
@@ -101,7 +100,7 @@ def sweep(ctx: Context) -> list[dict]:
         with lesson_server(ctx.lessons, "03_uwsgi", args=["--processes", str(workers)] + ["--lazy-apps"] * lazy,
                            env={"SEG_TORCH_THREADS": str(threads)}, timeout=START) as srv:
             wait_workers(srv.run_dir, workers)
-            rows.append({**load(ctx, srv.url + PNG, ctx.body, http10=True), "workers": workers,
+            rows.append({**load(ctx, srv, ctx.body, http10=True), "workers": workers,
                          "torch_threads": threads, "mode": mode,
                          "label": f"lesson 03: uWSGI {workers}w x {threads}t {mode}",
                          "oversubscribed": workers * threads > ctx.cores, "memory": memory_of(srv.pid, srv.run_dir)})
@@ -132,16 +131,10 @@ def gpu(ctx: Context) -> list[dict] | dict:
         with lesson_server(ctx.lessons, "03_uwsgi", args=["--processes", str(workers)],
                            env={"SEG_DEVICE": "cuda"}, timeout=START) as srv:
             wait_workers(srv.run_dir, workers)
-            row = {**load(ctx, srv.url + PNG, ctx.body), "workers": workers, "device": "cuda:0",
+            row = {**load(ctx, srv, ctx.body), "workers": workers, "device": "cuda:0",
                    "gpu": torch.cuda.get_device_name(0), "label": f"lesson 03: uWSGI {workers}w on cuda:0"}
-            seen = {}
-
-            def every_worker() -> bool:
-                info = requests.get(srv.url + "/readyz", timeout=10).json()
-                seen[info["pid"]] = info["gpu"]
-                return len(seen) >= workers
-            wait_for(every_worker, timeout=60, interval=0, what="/readyz from every worker")
-            row["gpu_memory_mb_per_worker"] = [g["memory_reserved_mb"] for g in seen.values()]
+            row["gpu_memory_mb_per_worker"] = [info["gpu"]["memory_reserved_mb"] for info in
+                                               readyz_of_every_worker(srv, workers, timeout=60).values()]
             rows.append(row)
     return rows
 
@@ -167,7 +160,7 @@ def lesson04(ctx: Context) -> list[dict]:
     best = best_layout(ctx)
     with _stack(ctx, "04_nginx", best["workers"], best) as srv:
         wait_workers(srv.run_dir, best["workers"])
-        return [{**load(ctx, srv.url + PNG, ctx.body), **best, "memory": memory_of(srv.pid, srv.run_dir),
+        return [{**load(ctx, srv, ctx.body), **best, "memory": memory_of(srv.pid, srv.run_dir),
                  "label": f"lesson 04: nginx -> uWSGI {best['workers']}w x {best['torch_threads']}t {best['mode']}"}]
 
 
@@ -179,20 +172,20 @@ def lesson05(ctx: Context) -> dict:
                "mode": best["mode"]}
     with _stack(ctx, "05_multi_upstream", per, best) as srv:
         wait_workers(srv.run_dir, 2 * per)
-        url, by_connections, by_size = srv.url + PNG, [], []
+        by_connections, by_size = [], []
         for conc in (1, 2, 4) if ctx.quick else (1, 2, 4, 8, 16):
             log(f"  {conc} connections")
             headline = conc in (ctx.cores, ctx.conc)
-            row = load(ctx, url, ctx.body, conc=conc, seconds=ctx.seconds if headline else ctx.curve_seconds,
+            row = load(ctx, srv, ctx.body, conc=conc, seconds=ctx.seconds if headline else ctx.curve_seconds,
                        warmup=ctx.warmup if headline else min(1, ctx.warmup))
             by_connections.append({**row, **setting, "label": f"lesson 05: nginx -> 2 upstreams, {conc} connections"})
         for photo in ctx.photos:
             body = ctx.photo(photo["label"])
             log(f"  {photo['label']} photo ({len(body) / 1e6:.1f} MB)")
             row = {"label": photo["label"], "megapixels": photo["megapixels"], "upload_bytes": len(body),
-                   "unloaded": unloaded(url, body, 2 if ctx.quick else 10 if photo["megapixels"] < 10 else 6)}
+                   "unloaded": unloaded(srv, body, 2 if ctx.quick else 10 if photo["megapixels"] < 10 else 6)}
             if row["unloaded"]["status"] == 200:
-                row.update(load(ctx, url, body, conc=ctx.cores, seconds=ctx.curve_seconds, warmup=0),
+                row.update(load(ctx, srv, body, conc=ctx.cores, seconds=ctx.curve_seconds, warmup=0),
                            memory=memory_of(srv.pid, srv.run_dir))
             by_size.append(row)
         buffered = srv.log(100000).count("buffered to a temporary file")

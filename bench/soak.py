@@ -5,36 +5,24 @@
     python -m bench.soak --out DIR    write soak.json and soak.png there (default: bench/results)
     python -m bench.soak --report     figures and chart again from bench/results/soak.json
 
-Lesson 05 (two uWSGI servers, one worker each, nginx in front) started with
-its own run.sh, with `--max-requests` low enough that every worker is
-recycled a few times during the run. A steady load (a few requests at a
-time) runs meanwhile; every second both stats servers are read: the
-pid, RSS and request count of every worker. A new pid in a worker's slot is
-a recycle, marked on the chart. What counts: the RSS each worker grows by
-per request (is there a leak to recycle away?), and that no request fails
-across the recycles.
+What it runs and what counts: the guide's Benchmarks page.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
-import sys
-import threading
+import statistics
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # also runs as `python bench/soak.py`
-    sys.path.insert(0, str(ROOT))
+import requests
 
-import requests  # noqa: E402
-
-from workshop import images  # noqa: E402
-from workshop.harness import LoadRun, lesson_server, uwsgi_stats  # noqa: E402
-from workshop.lessons import REFERENCE  # noqa: E402
+from bench.measure import options
+from workshop import images
+from workshop.harness import LoadRun, lesson_server, uwsgi_stats
+from workshop.lessons import REFERENCE
 
 LESSON = "05_multi_upstream"
 UPSTREAMS = {"unix": "stats1.sock", "tcp": "stats2.sock"}
@@ -62,38 +50,19 @@ def option_of(ini: Path, name: str) -> str | None:
     return None
 
 
-class Sampler:
-    """Reads both stats servers every few tenths of a second, in a thread."""
-
-    def __init__(self, run_dir: Path, every: float):
-        self.run_dir, self.every = run_dir, every
-        self.samples: list[dict] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.started = time.monotonic()
-
-    def _run(self):
-        while not self._stop.is_set():
-            t = round(time.monotonic() - self.started, 2)
-            for upstream, sock in UPSTREAMS.items():
-                try:
-                    stats = uwsgi_stats(self.run_dir / sock)
-                except (OSError, ValueError):
-                    continue
-                for w in stats["workers"]:
-                    if w["pid"]:
-                        # delta_requests: this process's requests ("requests" counts the slot's, across respawns)
-                        self.samples.append({"t": t, "upstream": upstream, "worker": w["id"], "pid": w["pid"],
-                                             "rss_mb": round(w["rss"] / 2**20, 1), "requests": w["delta_requests"]})
-            self._stop.wait(self.every)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=10)
+def sample(run_dir: Path, t: float) -> list[dict]:
+    """The pid, RSS and requests of every worker of both uWSGI servers, at t seconds."""
+    rows = []
+    for upstream, sock in UPSTREAMS.items():
+        try:
+            stats = uwsgi_stats(run_dir / sock)
+        except (OSError, ValueError):
+            continue
+        # delta_requests: this process's requests ("requests" counts the slot's, across respawns)
+        rows += [{"t": t, "upstream": upstream, "worker": w["id"], "pid": w["pid"],
+                  "rss_mb": round(w["rss"] / 2**20, 1), "requests": w["delta_requests"]}
+                 for w in stats["workers"] if w["pid"]]
+    return rows
 
 
 def recycles(samples: list[dict], max_requests: int, reload_on_rss_mb: float | None) -> list[dict]:
@@ -117,21 +86,17 @@ def recycles(samples: list[dict], max_requests: int, reload_on_rss_mb: float | N
     return found
 
 
-def slope(points: list[tuple[float, float]]) -> float:
-    """Least-squares slope of y over x."""
-    n = len(points)
-    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
-    var = sum((x - mx) ** 2 for x, _ in points)
-    return sum((x - mx) * (y - my) for x, y in points) / var if var else 0.0
+def by_process(samples: list[dict]) -> dict[int, list[dict]]:
+    by_pid: dict[int, list[dict]] = collections.defaultdict(list)
+    for s in samples:
+        by_pid[s["pid"]].append(s)
+    return by_pid
 
 
 def growth(samples: list[dict]) -> list[dict]:
     """Per worker process: its RSS from its first answered request on, and the trend per 100 requests."""
-    by_pid: dict[int, list[dict]] = collections.defaultdict(list)
-    for s in samples:
-        by_pid[s["pid"]].append(s)
     rows = []
-    for pid, seen in by_pid.items():
+    for pid, seen in by_process(samples).items():
         # uWSGI measures RSS after each request: 0 until the first one.
         served = [s for s in seen if s["requests"] >= 1 and s["rss_mb"] > 0]
         if len({s["requests"] for s in served}) < 3:
@@ -140,7 +105,8 @@ def growth(samples: list[dict]) -> list[dict]:
         rows.append({"upstream": served[0]["upstream"], "pid": pid,
                      "requests": served[-1]["requests"] - served[0]["requests"],
                      "rss_first_mb": rss[0], "rss_last_mb": rss[-1], "rss_min_mb": min(rss), "rss_max_mb": max(rss),
-                     "trend_mb_per_100_requests": round(100 * slope([(s["requests"], s["rss_mb"]) for s in served]), 2)})
+                     "trend_mb_per_100_requests": round(100 * statistics.linear_regression(  # least squares
+                         [s["requests"] for s in served], rss).slope, 2)})
     return rows
 
 
@@ -163,11 +129,8 @@ def chart(result: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     colors = {"unix": "tab:blue", "tcp": "tab:orange"}
-    by_pid: dict[int, list[dict]] = collections.defaultdict(list)
-    for s in result["samples"]:
-        by_pid[s["pid"]].append(s)
     labelled = set()
-    for pid, seen in by_pid.items():
+    for pid, seen in by_process(result["samples"]).items():
         upstream = seen[0]["upstream"]
         label = None if upstream in labelled else f"upstream {upstream} (one line per worker process)"
         labelled.add(upstream)
@@ -202,14 +165,16 @@ def run(out_dir: Path, quick: bool = False, lessons: Path = REFERENCE) -> dict:
         def ask():
             r = requests.post(server.url + "/infer", data=PHOTO, params={"format": "png"}, timeout=60)
             return r.status_code
-        with Sampler(server.run_dir, cfg["sample_every_s"]) as sampler:
-            started = time.monotonic()
-            with LoadRun(ask, count=cfg["requests"], at_once=cfg["at_once"], max_seconds=cfg["max_seconds"]) as load:
-                pass
-            load_s = time.monotonic() - started
-            time.sleep(cfg["sample_every_s"] * 2)  # the last recycle's new worker
+        samples, started, every = [], time.monotonic(), cfg["sample_every_s"]
+        with LoadRun(ask, count=cfg["requests"], at_once=cfg["at_once"], max_seconds=cfg["max_seconds"]) as load:
+            while load.done() < cfg["requests"] and time.monotonic() < load.deadline:
+                samples += sample(server.run_dir, round(time.monotonic() - started, 2))
+                time.sleep(every)
+        load_s = time.monotonic() - started
+        for _ in range(2):  # the last recycle's new worker
+            samples += sample(server.run_dir, round(time.monotonic() - started, 2))
+            time.sleep(every)
     outcomes = collections.Counter(str(o) for o in load.outcomes)
-    samples = sampler.samples
     result = {
         "lesson": LESSON,
         "requests": cfg["requests"],
@@ -238,13 +203,8 @@ def write(result: dict, out_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="400 requests instead of 2,400")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where soak.json and soak.png go")
-    parser.add_argument("--lessons", type=Path, default=REFERENCE, help="the lessons to run (default: lessons/)")
-    parser.add_argument("--report", action="store_true",
-                        help="run nothing: derive the figures and the chart again from OUT/soak.json")
-    opts = parser.parse_args(argv)
+    opts = options(__doc__, "400 requests instead of 2,400", "where soak.json and soak.png go", argv,
+                   report="run nothing: derive the figures and the chart again from OUT/soak.json")
     if opts.report:
         result = write(derived(json.loads((opts.out / "soak.json").read_text())), opts.out)
     else:
@@ -257,4 +217,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

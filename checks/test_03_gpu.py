@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from workshop import images
-from workshop.harness import concurrently, lesson_server, uwsgi_stats
+from workshop.harness import concurrently, lesson_server, readyz_of_every_worker, uwsgi_stats
 
-from checks.utils import mask_of, readyz_of_every_worker, segment
+from checks.utils import mask_of, segment
 
 LESSON = "03_uwsgi"
 WORKERS = 2

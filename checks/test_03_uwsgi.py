@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from workshop.harness import LoadRun, concurrently, lesson_server, make_run_dir, started, stop, uwsgi_stats
+from workshop.harness import (LoadRun, concurrently, lesson_server, make_run_dir, readyz_of_every_worker, started, stop,
+                              uwsgi_stats)
 from workshop.procs import free_port, wait_for
 
-from checks.utils import readyz_of_every_worker, segment
+from checks.utils import segment
 
 LESSON = "03_uwsgi"
 CORES = os.cpu_count()

@@ -12,9 +12,8 @@ import re
 
 import pytest
 
-from bench.overload import queue_depth
 from workshop import nginx, traffic
-from workshop.harness import lesson_server
+from workshop.harness import lesson_server, queue_depth
 from workshop.procs import wait_for
 
 from checks.utils import PHOTO_256, segment

@@ -15,7 +15,7 @@ from workshop import images
 from workshop.harness import uwsgi_stats
 from workshop.door import listening_ports
 from workshop.lessons import REFERENCE, import_module
-from workshop.procs import descendants, wait_for
+from workshop.procs import descendants
 
 # A 256x256 JPEG: small enough for load runs, big enough to be a real photo.
 PHOTO_256 = images.encode(images.photo().resize((256, 256)), "JPEG")
@@ -27,18 +27,6 @@ def segment(server, data: bytes = PHOTO_256, **params) -> requests.Response:
     """POST a photo to /infer of a server (or a base URL); the mask comes back as PNG."""
     url = server if isinstance(server, str) else server.url
     return requests.post(url + "/infer", data=data, params={"format": "png", **params}, timeout=60)
-
-
-def readyz_of_every_worker(server, workers: int, timeout: float = 30) -> dict[int, dict]:
-    """/readyz asked until `workers` different workers have answered: {pid: its answer}."""
-    seen = {}
-
-    def ask():
-        info = requests.get(server.url + "/readyz", timeout=10).json()
-        seen[info["pid"]] = info
-        return len(seen) == workers
-    wait_for(ask, timeout=timeout, interval=0, what=f"/readyz answers from {workers} workers")
-    return seen
 
 
 def upstream_kind(resp: requests.Response) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import requests
 
-from .procs import Server, ServerDidNotStart, free_port, last_error
+from .procs import Server, ServerDidNotStart, free_port, last_error, wait_for
 
 # Servers alive right now, and those stopped during the current test: the
 # checks print their logs when a test fails.
@@ -184,3 +185,20 @@ def uwsgi_stats(stats_socket: Path) -> dict:
         while chunk := s.recv(65536):
             chunks.append(chunk)
     return json.loads(b"".join(chunks))
+
+
+def readyz_of_every_worker(server, workers: int, timeout: float = 30) -> dict[int, dict]:
+    """/readyz asked until `workers` different workers have answered: {pid: its answer}."""
+    seen = {}
+
+    def ask():
+        info = requests.get(server.url + "/readyz", timeout=10).json()
+        seen[info["pid"]] = info
+        return len(seen) >= workers
+    wait_for(ask, timeout=timeout, interval=0, what=f"/readyz answers from {workers} workers")
+    return seen
+
+
+def queue_depth(server) -> list[int]:
+    """The listen backlog of each uWSGI server a lesson started, as each says when it starts."""
+    return [int(n) for n in re.findall(r"listen backlog is limited to (\d+) connections", server.log(5000))]
