@@ -12,6 +12,7 @@ The containers and the stack are driven by workshop/engine.py.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import secrets
 import subprocess
@@ -188,6 +189,88 @@ def test_engine_only_nginx_reaches_uwsgi_tcp(engine):
         f"UWSGI_FILE=exec:// ran a command in uwsgi-tcp: max-apps = 1 should refuse it\n{engine.logs()}"
 
 
+# ---- the metrics profile: Prometheus scrapes each uWSGI service and nginx ----
+
+def prometheus_api(engine, path: str, **params):
+    r = requests.get(f"{engine.prometheus_url}/api/v1/{path}", params=params, timeout=10)
+    assert r.status_code == 200, f"Prometheus answered /api/v1/{path} with {r.status_code}: {r.text[:300]}"
+    return r.json()["data"]
+
+
+def answered_per_upstream(engine) -> dict[str, float]:
+    """seg_requests_total of POST /infer, summed per upstream label, as Prometheus last scraped it."""
+    result = prometheus_api(engine, "query", query='sum by (upstream) (seg_requests_total{route="/infer"})')["result"]
+    return {s["metric"]["upstream"]: float(s["value"][1]) for s in result}
+
+
+@engine_check
+def test_engine_prometheus_scrapes_every_target(engine):
+    def all_up():
+        found = prometheus_api(engine, "targets")["activeTargets"]
+        return found if found and all(t["health"] == "up" for t in found) else None
+
+    try:
+        found = wait_for(all_up, timeout=90, interval=1, what="every target up")
+    except TimeoutError:
+        found = prometheus_api(engine, "targets")["activeTargets"]
+        down = [f"{t['labels']['job']} {t['scrapeUrl']}: {t['lastError']}" for t in found if t["health"] != "up"]
+        pytest.fail(f"Prometheus does not see every target up: {down or 'no targets'}\n{engine.logs()}")
+    jobs = collections.Counter(t["labels"]["job"] for t in found)
+    assert jobs == {"app": 2, "nginx": 1, "prometheus": 1}, f"targets by job: {dict(jobs)}"
+    app = {t["labels"]["upstream"]: t["scrapeUrl"] for t in found if t["labels"]["job"] == "app"}
+    assert set(app) == {"uwsgi-uds", "uwsgi-tcp"}, f"one target per uWSGI service: {app}"
+    up = prometheus_api(engine, "query", query="up")["result"]
+    assert len(up) == 4 and {s["value"][1] for s in up} == {"1"}, f"up: {up}"
+    nginx = prometheus_api(engine, "query", query="nginx_up")["result"]
+    assert [s["value"][1] for s in nginx] == ["1"], f"the exporter should see nginx's stub_status: {nginx}"
+
+
+@engine_check
+def test_engine_prometheus_counts_every_request_once(engine):
+    count = 12
+    before = answered_per_upstream(engine)
+    answers = [segment(engine.url) for _ in range(count)]
+    assert [r.status_code for r in answers] == [200] * count
+    served = collections.Counter(upstream_kind(r) for r in answers)
+    expected = {"uwsgi-uds": before.get("uwsgi-uds", 0) + served["unix"],
+                "uwsgi-tcp": before.get("uwsgi-tcp", 0) + served["tcp"]}
+
+    def counted():
+        now = answered_per_upstream(engine)
+        return now if sum(now.values()) >= sum(expected.values()) else None
+
+    try:
+        wait_for(counted, timeout=30, interval=1, what=f"Prometheus to count the {count} requests")
+    except TimeoutError:
+        pytest.fail(f"after {count} requests Prometheus counts {answered_per_upstream(engine)}, "
+                    f"expected {expected}\n{engine.logs()}")
+    time.sleep(2)   # two more scrapes: nothing may be counted twice
+    now = answered_per_upstream(engine)
+    assert now == expected, \
+        f"{count} requests through nginx ({dict(served)} by X-Upstream): Prometheus counts {now} in all, " \
+        f"expected {expected}: each uWSGI service must count its own requests, every worker once"
+    engine.metrics["prometheus_counted"] = now
+
+
+@engine_check
+def test_engine_prometheus_cannot_speak_uwsgi_to_uwsgi_tcp(engine):
+    # Prometheus' own networks are `default` and `metrics`: a container on each
+    # (not nginx) knocks on uwsgi-tcp by name and by address, as Prometheus would.
+    prometheus = engine.container_id("prometheus")
+    networks = set(json.loads(engine.inspect(prometheus, "{{json .NetworkSettings.Networks}}")))
+    assert networks == {f"{engine.project}_default", f"{engine.project}_metrics"}, networks
+    tcp = set(json.loads(engine.inspect(engine.container_id("uwsgi-tcp"), "{{json .NetworkSettings.Networks}}")))
+    assert tcp == {f"{engine.project}_upstreams"}, f"uwsgi-tcp should be on `upstreams` only: {tcp}"
+    knock = door.packet({**door.REQUEST, "UWSGI_FILE": "exec://true"}).hex()
+    address = engine.address("uwsgi-tcp", "upstreams")
+    for network in ("default", "metrics"):
+        said = engine.stranger(network, KNOCK, knock, "uwsgi-tcp", address)
+        assert said.count("cannot connect") == 2, \
+            f"from Prometheus' network {network!r}, uwsgi-tcp ({address}:8001) must be out of reach:\n{said}"
+    ui = requests.get(engine.prometheus_url + "/-/ready", timeout=10)
+    assert ui.status_code == 200, f"Prometheus' UI on 127.0.0.1:{engine.prometheus_port}: {ui.status_code}"
+
+
 def reload_nginx(engine) -> None:
     out = engine.exec("nginx", "nginx", "-s", "reload")
     assert out.returncode == 0 and "emerg" not in out.stderr, out.stderr
@@ -306,6 +389,9 @@ def test_engine_scaling_takes_effect_after_nginx_reloads(engine):
 
 @engine_check
 def test_engine_down_leaves_nothing(engine):
+    mounted = engine.volumes_in_use()   # anonymous ones too: Compose does not label those
     engine.down(measure=True)
     left = engine.leftovers()
-    assert not any(left.values()), f"left behind after down -v: {left}"
+    left["volume"] = sorted(set(left["volume"]) | (mounted & set(subprocess.run(
+        [engines.engine_cli(), "volume", "ls", "-q"], capture_output=True, text=True).stdout.split())))
+    assert not any(left.values()), f"left behind after down -v --profile metrics: {left}"

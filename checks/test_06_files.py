@@ -28,6 +28,7 @@ from workshop.procs import free_port
 from workshop.tools import tool
 
 SERVICES = {"nginx", "uwsgi-uds", "uwsgi-tcp"}
+WATCHERS = {"prometheus", "nginx-exporter", "uwsgi-uds-metrics", "uwsgi-tcp-metrics"}   # the metrics profile
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def test_compose_file_keeps_its_promises(lesson):
     for name, service in services.items():
         assert service.get("restart") in ("unless-stopped", "always", "on-failure"), \
             f"{name} needs a restart policy"
-    mounts = {name: {v["target"]: v["source"] for v in s.get("volumes", [])}
+    mounts = {name: {v["target"]: v.get("source") for v in s.get("volumes", [])}
               for name, s in services.items()}
     assert mounts["uwsgi-uds"].get("/socks") and \
         mounts["uwsgi-uds"]["/socks"] == mounts["nginx"].get("/socks"), \
@@ -141,6 +142,98 @@ def test_uwsgi_sockets_are_locked_by_place(lesson):
     for ini in ("uwsgi-uds.ini", "uwsgi-tcp.ini"):
         assert re.search(r"^max-apps\s*=\s*1\s*$", (lesson / ini).read_text(), re.M), \
             f"{ini}: max-apps = 1, so that a packet cannot load another app"
+
+
+def test_compose_v2_parses_the_metrics_profile_without_warnings(lesson):
+    out = subprocess.run([tool("docker-compose"), "-f", str(lesson / compose.COMPOSE_FILE),
+                          "--profile", compose.METRICS_PROFILE, "config", "--quiet"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and not out.stderr.strip(), \
+        f"docker-compose --profile {compose.METRICS_PROFILE} config says:\n{out.stderr}"
+
+
+def test_metrics_profile_adds_watchers_and_changes_nothing_else(lesson):
+    plain = compose.config(lesson / compose.COMPOSE_FILE)
+    measured = compose.config(lesson / compose.COMPOSE_FILE, profiles=(compose.METRICS_PROFILE,))
+    services = measured["services"]
+    assert set(services) == SERVICES | WATCHERS, f"the metrics profile's services: {sorted(services)}"
+    for name in SERVICES:
+        assert services[name] == plain["services"][name], f"--profile metrics must leave {name} as it is"
+    for name in WATCHERS:
+        assert services[name].get("profiles") == [compose.METRICS_PROFILE], \
+            f"{name} belongs to the metrics profile only: without it, the stack is the same"
+        assert services[name].get("restart") in ("unless-stopped", "always", "on-failure"), \
+            f"{name} needs a restart policy"
+    assert {n: v for n, v in measured["networks"].items() if n != "metrics"} == plain["networks"]
+    assert measured["networks"]["metrics"].get("internal") is True, "`metrics`: an internal network"
+    prometheus = services["prometheus"]
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", prometheus["image"]), \
+        f"the official Prometheus image, a pinned tag: {prometheus['image']}"
+    assert re.fullmatch(r"nginx/nginx-prometheus-exporter:\d+\.\d+\.\d+", services["nginx-exporter"]["image"])
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert set(published) == {"nginx", "prometheus"}, f"who publishes a port: {sorted(published)}"
+    for port in prometheus["ports"]:
+        assert port.get("host_ip") == "127.0.0.1" and str(port["target"]) == "9090", \
+            f"Prometheus' UI on 127.0.0.1 only: {port}"
+    for mount in prometheus.get("volumes", []):
+        assert mount["type"] == "bind" and mount.get("read_only"), \
+            f"Prometheus gets its configuration read-only at run time: {mount}"
+    configs = {Path(m["target"]).name: Path(m["source"]) for m in prometheus["volumes"]}
+    assert configs == {"prometheus.yml": lesson / "prometheus.yml",
+                       "rules.yml": lesson.parent / "07_metrics" / "rules.yml"}, \
+        f"lesson 06's prometheus.yml and lesson 07's rules.yml, not a copy: {configs}"
+
+
+def test_prometheus_reaches_no_uwsgi_protocol(lesson):
+    # Who shares a network with Prometheus may be scraped, so may be spoken
+    # to: only HTTP servers there, never a uWSGI socket.
+    config = compose.config(lesson / compose.COMPOSE_FILE, profiles=(compose.METRICS_PROFILE,))
+    services, networks = config["services"], config["networks"]
+    seen = set(services["prometheus"]["networks"])
+    for name in seen:
+        members = {s for s, service in services.items() if name in (service.get("networks") or {})}
+        assert not members & {"uwsgi-uds", "uwsgi-tcp"}, \
+            f"network {name!r} has Prometheus and {sorted(members & {'uwsgi-uds', 'uwsgi-tcp'})}: " \
+            "it could speak the uwsgi protocol to them"
+        assert members <= {"prometheus", "nginx", "uwsgi-uds-metrics", "uwsgi-tcp-metrics"}, sorted(members)
+    assert "upstreams" not in seen and networks["upstreams"].get("internal") is True
+    assert services["nginx-exporter"].get("network_mode") == "service:nginx", \
+        "the exporter reads stub_status on nginx's own 127.0.0.1, in nginx's network namespace"
+    for name in ("uwsgi-uds-metrics", "uwsgi-tcp-metrics"):
+        service = services[name]
+        assert service["command"] == ["python", "07_metrics/metrics_mule.py"], \
+            f"{name} runs lesson 07's metrics server (HTTP), nothing else: {service['command']}"
+        assert set(service["networks"]) == {"metrics"}, f"{name}: on `metrics` only"
+        mounts = [v for v in service.get("volumes", [])] + \
+            [{"read_only": v.endswith(":ro")} for v in service.get("volumes_from", [])]
+        assert mounts and all(m.get("read_only") for m in mounts), f"{name} reads the numbers, read-only"
+    for ini, directory in (("uwsgi-uds.ini", "metrics1"), ("uwsgi-tcp.ini", "metrics2")):
+        text = (lesson / ini).read_text()
+        assert re.search(r"^wsgi-file\s*=\s*%d\.\./07_metrics/instrumented\.py\s*$", text, re.M), \
+            f"{ini} serves lesson 07's instrumented app"
+        assert f"PROMETHEUS_MULTIPROC_DIR=$(RUN_DIR)/{directory}" in text
+        assert "mule" not in re.sub(r"^\s*;.*$", "", text, flags=re.M), \
+            f"{ini}: no metrics server inside the uWSGI container (it would need a network)"
+    site = (lesson.parent / "07_metrics" / "status.conf.template").read_text()
+    assert re.search(r"^\s*listen 127\.0\.0\.1:\$\{STATUS_PORT\};", site, re.M), \
+        "stub_status listens on nginx's 127.0.0.1 only"
+    scrape = services["nginx-exporter"]["command"]
+    port = services["nginx"]["environment"]["STATUS_PORT"]
+    assert any(f"http://127.0.0.1:{port}/stub_status" in a for a in scrape), scrape
+
+
+def test_prometheus_config_is_valid_and_scrapes_each_upstream(lesson, tmp_path):
+    # promtool as run.sh runs it: the config and lesson 07's rules.yml side by side
+    (tmp_path / "prometheus.yml").write_text((lesson / "prometheus.yml").read_text())
+    (tmp_path / "rules.yml").write_text((lesson.parent / "07_metrics" / "rules.yml").read_text())
+    out = subprocess.run([tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"promtool check config:\n{out.stdout}{out.stderr}"
+    jobs = {j["job_name"]: [t for c in j["static_configs"] for t in c["targets"]]
+            for j in yaml.safe_load((lesson / "prometheus.yml").read_text())["scrape_configs"]}
+    assert sorted(jobs["app"]) == ["uwsgi-tcp-metrics:9102", "uwsgi-uds-metrics:9101"], \
+        f"one target per uWSGI service, its own metrics server, never nginx: {jobs['app']}"
+    assert jobs["nginx"] == ["nginx:9113"], jobs["nginx"]
 
 
 def seconds(duration: str) -> float:
@@ -205,11 +298,12 @@ def test_images_use_the_lessons_own_files(lesson):
     sources = {p.relative_to(ROOT).as_posix() for p in app.files.values()}
     for needed in ("lessons/02_segmentation/inference.py", "lessons/03_uwsgi/workers.ini",
                    "lessons/05_multi_upstream/inference1.ini",
-                   "lessons/05_multi_upstream/inference2.ini"):
+                   "lessons/05_multi_upstream/inference2.ini",
+                   "lessons/07_metrics/instrumented.py", "lessons/07_metrics/metrics_mule.py"):
         assert needed in sources, f"Dockerfile-python should COPY {needed}, the lesson's own file"
     ngx = Image(lesson / "Dockerfile-nginx", context)
     templates = {p.name for dest, p in ngx.files.items() if dest.startswith("/etc/nginx/templates/")}
-    assert templates == {"inference.conf.template", "upstream.conf.template"}
+    assert templates == {"inference.conf.template", "upstream.conf.template", "status.conf.template"}
     page = {p.relative_to(ROOT).as_posix() for dest, p in ngx.files.items()
             if not dest.startswith("/etc/nginx/templates/")}
     static = {p.relative_to(ROOT).as_posix() for p in (ROOT / "lessons/04_nginx/static").rglob("*") if p.is_file()}

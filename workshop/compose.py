@@ -21,6 +21,7 @@ from .tools import tool
 LESSON = "06_docker"
 COMPOSE_FILE = "docker-compose.yaml"
 GPU_FILE = "docker-compose.gpu.yaml"   # the NVIDIA variant: applied on top of COMPOSE_FILE
+METRICS_PROFILE = "metrics"            # Prometheus and what it scrapes (lesson 07's, in containers)
 
 
 def lesson_folder(lessons: Path) -> Path:
@@ -31,12 +32,13 @@ def lesson_folder(lessons: Path) -> Path:
     return folder
 
 
-def config(compose_file: Path | list[Path], env: dict | None = None) -> dict:
+def config(compose_file: Path | list[Path], env: dict | None = None, profiles: tuple[str, ...] = ()) -> dict:
     """The compose file (or files, each applied on top of the one before) as
-    Compose v2 reads it: interpolated, merged, defaults filled in."""
+    Compose v2 reads it: interpolated, merged, defaults filled in; with the
+    services of `profiles` too (`--profile NAME`)."""
     files = [compose_file] if isinstance(compose_file, Path) else compose_file
     out = subprocess.run([tool("docker-compose"), *(a for f in files for a in ("-f", str(f))),
-                          "config", "--format", "json"],
+                          *(a for p in profiles for a in ("--profile", p)), "config", "--format", "json"],
                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=60)
     # (an invalid project can exit 0 with nothing on stdout: the reason is on stderr)
     assert out.returncode == 0 and out.stdout.strip(), f"docker-compose config failed: {out.stderr.strip()}"

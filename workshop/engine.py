@@ -21,6 +21,7 @@ healthy, and takes it down again (`down -v`), also when a check fails.
 A stack left by an interrupted run is taken down first. Who can reach what:
 
     stack.address("uwsgi-tcp", "upstreams")          # its IP on one of the project's networks
+    stack.prometheus_url                             # the metrics profile's Prometheus (always on here)
     stack.stranger("default", "print(1)")            # python -c in a throwaway container that is not nginx
 
 Which Compose: workshop/compose.py's `command()`. Which engine CLI for the
@@ -146,13 +147,16 @@ def container(name: str, image: str, port: int, command=(), options=()):
 class EngineStack:
     def __init__(self, lesson: Path):
         self.project = "ws06check"
-        self.port = free_port()
+        self.port, self.prometheus_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.base = [*compose.command(), "-p", self.project, "-f", str(lesson / compose.COMPOSE_FILE)]
+        self.prometheus_url = f"http://127.0.0.1:{self.prometheus_port}"
+        # With the metrics profile: Prometheus and what it scrapes, for every command
+        self.base = [*compose.command(), "-p", self.project, "-f", str(lesson / compose.COMPOSE_FILE),
+                     "--profile", compose.METRICS_PROFILE]
         self.build_args = build_args()
         # SEG_DEBUG_DELAY=1: ?delay=S holds a request, so the graceful-stop check has one in flight for sure
-        self.env = {**os.environ, "HOST_PORT": str(self.port), "SEG_DEBUG_DELAY": "1",
-                    **weights_env(self.build_args)}
+        self.env = {**os.environ, "HOST_PORT": str(self.port), "PROMETHEUS_PORT": str(self.prometheus_port),
+                    "SEG_DEBUG_DELAY": "1", **weights_env(self.build_args)}
         self.metrics: dict = {"compose": " ".join(compose.command()), "build_args": self.build_args}
 
     def run(self, *args, check=True, timeout=600) -> subprocess.CompletedProcess:
@@ -216,6 +220,15 @@ class EngineStack:
             return out.stdout + out.stderr
         finally:
             subprocess.run([engine_cli(), "rm", "-f", name], capture_output=True, env=self.env, timeout=60)
+
+    def volumes_in_use(self) -> set[str]:
+        """Every volume the project's containers mount, named or anonymous (Compose labels only the named)."""
+        ids = subprocess.run([engine_cli(), "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}"],
+                             capture_output=True, text=True, env=self.env, timeout=60).stdout.split()
+        names = set()
+        for container in ids:
+            names.update(self.inspect(container, '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}').split())
+        return names
 
     def leftovers(self) -> dict[str, list[str]]:
         """What the engine still has of this project: Compose's labels, asked of the engine itself."""

@@ -57,6 +57,8 @@ class HostRun:
 
     def path(self, name: str, container_path: str) -> str:
         for volume in self.services[name].get("volumes", []):
+            if "source" not in volume:
+                continue   # an anonymous volume: the container's own folder
             target = volume["target"].rstrip("/")
             if container_path == target or container_path.startswith(target + "/"):
                 return str(self.tmp / "volumes" / volume["source"]) + container_path[len(target):]
@@ -70,6 +72,9 @@ class HostRun:
             return "root:www-data" if os.geteuid() == 0 else None
         if value in self.ports:
             return self.ports[value]
+        if key.endswith("_PORT") and value.isdigit():
+            # a port inside the container (nginx's STATUS_PORT): a free one here
+            return self.ports.setdefault(value, str(free_port()))
         if value == "0.0.0.0":
             return "127.0.0.1"  # a container's every interface; here, loopback only
         if value.startswith("unix:/"):
@@ -98,7 +103,7 @@ class HostRun:
 
     def start(self):
         (self.tmp / "volumes").mkdir(parents=True)
-        for volume in {v["source"] for s in self.services.values() for v in s.get("volumes", [])}:
+        for volume in {v["source"] for s in self.services.values() for v in s.get("volumes", []) if "source" in v}:
             (self.tmp / "volumes" / volume).mkdir(mode=0o755)
         for name in ("uwsgi-uds", "uwsgi-tcp"):
             self.app.lay_out(self.root(name))

@@ -20,6 +20,8 @@
 #       docker.io/library/python:3.11-slim-bookworm (a CPython 3.11 built from
 #         source if this machine has one, else Debian's Python 3.11)
 #       docker.io/library/nginx:1.27 (+ nginx:1.27) (Debian's nginx 1.22)
+#       docker.io/prom/prometheus:v2.53.2 (Debian's prometheus 2.42)
+#       docker.io/nginx/nginx-prometheus-exporter:1.3.0 (Debian's 0.11)
 #     skipping the ones already built from the same recipe;
 #  4. installs Compose v2 (`docker-compose`, also as `docker compose`) and
 #     podman-compose into $STATE/venv;
@@ -47,6 +49,8 @@ ROOTFS_IMAGE=localhost/workshop-standin/debian-rootfs:bookworm
 DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
 PYTHON_IMAGE=docker.io/library/python:3.11-slim-bookworm
 NGINX_IMAGE=docker.io/library/nginx:1.27
+PROMETHEUS_IMAGE=docker.io/prom/prometheus:v2.53.2               # lesson 06's metrics profile
+NGINX_EXPORTER_IMAGE=docker.io/nginx/nginx-prometheus-exporter:1.3.0
 
 T0=$EPOCHREALTIME
 log() { printf '[setup %6ss] %s\n' "$(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}')" "$*" >&2; }
@@ -95,7 +99,7 @@ ticker_pid() { # ... the health-check runner tied to the running service
 if [ "$STATUS" = 1 ]; then
     export CONTAINERS_CONF="$CONF"
     echo "state dir: $STATE"
-    for i in "$DEBIAN_IMAGE" "$PYTHON_IMAGE" "$NGINX_IMAGE"; do
+    for i in "$DEBIAN_IMAGE" "$PYTHON_IMAGE" "$NGINX_IMAGE" "$PROMETHEUS_IMAGE" "$NGINX_EXPORTER_IMAGE"; do
         if podman image exists "$i" 2>/dev/null; then echo "image: $i present"; else echo "image: $i MISSING"; fi
     done
     if pid=$(service_pid) && service_ok; then echo "service: running, pid $pid, unix://$SOCK"; else echo "service: not running"; fi
@@ -210,7 +214,8 @@ build() { # CONTEXT HASH TAG... (first tag is the main one); $BUILD_OPTS: more o
 
 B="$STATE/build"
 rm -rf "$B"; mkdir -p "$B"
-cp -r "$HERE/standin/debian" "$HERE/standin/python" "$HERE/standin/nginx" "$B/"
+cp -r "$HERE/standin/debian" "$HERE/standin/python" "$HERE/standin/nginx" \
+      "$HERE/standin/prometheus" "$HERE/standin/nginx-exporter" "$B/"
 mkdir -p "$B/debian/certs"
 # this machine's extra CA certificates (a TLS-inspecting proxy's, typically)
 find /usr/local/share/ca-certificates -maxdepth 2 -type f -name '*.crt' -exec cp {} "$B/debian/certs/" \; 2>/dev/null || true
@@ -271,6 +276,8 @@ h_debian=$(recipe_hash "$B/debian")
 # A change below the base changes the images built on it.
 h_python=$(printf '%s %s' "$h_debian" "$(recipe_hash "$B/python")" | sha256sum | cut -c1-16)
 h_nginx=$(printf '%s %s' "$h_debian" "$(recipe_hash "$B/nginx")" | sha256sum | cut -c1-16)
+h_prometheus=$(printf '%s %s' "$h_debian" "$(recipe_hash "$B/prometheus")" | sha256sum | cut -c1-16)
+h_exporter=$(printf '%s %s' "$h_debian" "$(recipe_hash "$B/nginx-exporter")" | sha256sum | cut -c1-16)
 
 if needs_build "$DEBIAN_IMAGE" "$h_debian"; then
     if ! podman image exists "$ROOTFS_IMAGE" || [ "$REBUILD" = 1 ]; then
@@ -295,6 +302,12 @@ if needs_build "$NGINX_IMAGE" "$h_nginx"; then
     build "$B/nginx" "$h_nginx" "$NGINX_IMAGE" localhost/nginx:1.27
 fi
 podman image exists localhost/nginx:1.27 || podman tag "$NGINX_IMAGE" localhost/nginx:1.27
+if needs_build "$PROMETHEUS_IMAGE" "$h_prometheus"; then
+    build "$B/prometheus" "$h_prometheus" "$PROMETHEUS_IMAGE"
+fi
+if needs_build "$NGINX_EXPORTER_IMAGE" "$h_exporter"; then
+    build "$B/nginx-exporter" "$h_exporter" "$NGINX_EXPORTER_IMAGE"
+fi
 
 # --- 4. Compose v2 and podman-compose ---------------------------------------
 installed() { compgen -G "$VENV/lib/python3*/site-packages/$1-$2.dist-info" >/dev/null; }
