@@ -21,7 +21,7 @@ def lesson02(ctx: Context) -> list[dict]:
     log("lesson 02 (Flask dev server)")
     with lesson_server(ctx.lessons, "02_segmentation", timeout=START) as srv:
         return [{**load(ctx, srv, ctx.body), "label": "lesson 02: Flask dev server", "torch_threads": 1,
-                 "memory": memory_of(srv.pid), "unloaded": unloaded(srv, ctx.body, 2 if ctx.quick else 6)}]
+                 "memory": memory_of(srv.pid), "unloaded": unloaded(srv, ctx.body, 2 if ctx.quick else 20)}]
 
 
 def fork(ctx: Context) -> list[dict]:

@@ -8,10 +8,11 @@ are there, that every target says whether it was met, and that the files exist.
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from workshop.procs import run_bounded
 
 pytestmark = pytest.mark.dev   # the benchmark is the workshop's own tool: ./workshop.sh check-dev
 
@@ -26,8 +27,7 @@ def quick(tmp_path_factory):
         if not shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin"):
             pytest.skip(f"{tool} is not installed: run ./workshop.sh setup")
     out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run([str(ROOT / "workshop.sh"), "bench", "--quick", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=230)
+    proc = run_bounded([str(ROOT / "workshop.sh"), "bench", "--quick", "--out", str(out)], timeout=230, cwd=ROOT)
     assert (out / "results.json").exists(), \
         f"the benchmark wrote no results.json (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
     return proc, out, json.loads((out / "results.json").read_text())

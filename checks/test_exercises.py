@@ -30,6 +30,7 @@ import yaml
 
 from workshop import exercises, markers, nginx
 from workshop.lessons import LESSONS, REFERENCE, ROOT
+from workshop.procs import run_bounded
 
 from checks.utils import docs_hooks
 
@@ -50,8 +51,8 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 def checks(workspace: Path, *args: str) -> str:
     """A check run against a workspace, as `pytest checks/...` with WORKSHOP_LESSONS set; its output."""
     env = dict(os.environ, WORKSHOP_LESSONS=str(workspace))
-    out = subprocess.run([sys.executable, "-m", "pytest", *args, "-p", "no:cacheprovider"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=220)
+    out = run_bounded([sys.executable, "-m", "pytest", *args, "-p", "no:cacheprovider"],
+                      timeout=220, cwd=ROOT, env=env)
     text = out.stdout + out.stderr
     assert "INTERNALERROR" not in text, f"the harness crashed on a workspace:\n{text[-4000:]}"
     assert out.returncode in (0, 1), f"pytest exited with {out.returncode}:\n{text[-4000:]}"

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +96,7 @@ class Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.cmd, cwd=self.cwd, env=self.env, stdout=log,
+            [*_stop_with_us(), *self.cmd], cwd=self.cwd, env=self.env, stdout=log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
         log.close()
@@ -209,6 +211,44 @@ class Server:
             with open(self.log_path, "a") as log:
                 log.write(f"\n[harness] SIGKILLed {leftovers}: still running "
                           f"{timeout:.0f} s after SIGTERM\n")
+
+
+def run_bounded(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, text=True), stopped as Ctrl-C would stop it.
+
+    subprocess.run's own timeout SIGKILLs the command, which then cleans up
+    nothing (a pytest run leaves its servers' folders, a benchmark its
+    servers). Here a command over its time gets SIGINT first: pytest and
+    the benchmark stop their servers and remove their folders on it.
+    Raises subprocess.TimeoutExpired, with what the command printed.
+    """
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            try:
+                out, err = proc.communicate(timeout=STOP_MERCY + 20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _stop_with_us() -> list[str]:
+    """A prefix that has the kernel SIGTERM the server if this process dies first.
+
+    A check killed from outside (a timeout, kill -9) runs no clean-up, and its
+    servers, in sessions of their own, would live on. setpriv sets the
+    parent-death signal and then execs the server, so its pid is the server's.
+    The signal follows the thread that started the server, so only servers
+    started from the main thread get it (a worker thread ends long before us).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    setpriv = shutil.which("setpriv", path="/usr/bin:/bin")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -49,6 +49,8 @@ def measure(seconds: int = 10, lessons: Path = REFERENCE) -> dict[str, float]:
         owner = ["--chown-socket=root:www-data"] if os.geteuid() == 0 else []   # as lesson 04's socket
         servers.append(started("echo-uwsgi", ["uwsgi", "--master", "--processes", "2", "--socket", str(sock),
                                               "--chmod-socket=660", *owner, "--disable-logging",
+                                              # SIGTERM ends it (without this, uWSGI 2.0 reloads on it)
+                                              "--die-on-term",
                                               "--wsgi-file", str(lessons / "01_echo/inference.py"),
                                               "--callable", "app"], run_dir=run_dir))
         port = free_port()
