@@ -1,6 +1,6 @@
 """The workshop's benchmark: what each serving stage costs, against what the machine can do.
 
-    python -m bench                 full run (about 9 minutes on 2 cores)
+    python -m bench                 full run (about 8 minutes on 2 cores)
     python -m bench --quick         smoke run (about 2 minutes), same files
     python -m bench --out DIR       write results.json, results.md and chart.png to DIR
     python -m bench --only model,limit      some stages only (debugging)
