@@ -12,6 +12,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 from . import exercises
 from .lessons import LESSONS, describe
 
@@ -124,6 +126,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         write(f"next: lesson {first.lesson}, which {checked} but has TODO {first.id} left:")
         write(f"      {first.todo_line()}  ({first.path}:{first.line})")
         write(f"      (done? delete its TODO line. A hint: ./workshop.sh hint {first.id})")
+    elif checked_lessons and exitstatus == pytest.ExitCode.INTERRUPTED:
+        write("the run was stopped before its end: the table counts the checks that ran.")
     elif checked_lessons:
         write("every lesson checked in this run passes.")
     for group in others:
