@@ -28,7 +28,7 @@ from workshop import compose, door, engine as engines, images
 from workshop.harness import LoadRun
 from workshop.procs import wait_for
 
-from checks.utils import assert_mask_through_nginx, mask_of, segment, upstream_kind
+from checks.utils import assert_mask_through_nginx, every_target_up, mask_of, prometheus_api, segment, upstream_kind
 
 ENGINE = os.environ.get("WORKSHOP_ENGINE") == "1"
 HOW_TO_RUN_ENGINE = ("the engine check builds images and runs containers (minutes the first "
@@ -191,37 +191,25 @@ def test_engine_only_nginx_reaches_uwsgi_tcp(engine):
 
 # ---- the metrics profile: Prometheus scrapes each uWSGI service and nginx ----
 
-def prometheus_api(engine, path: str, **params):
-    r = requests.get(f"{engine.prometheus_url}/api/v1/{path}", params=params, timeout=10)
-    assert r.status_code == 200, f"Prometheus answered /api/v1/{path} with {r.status_code}: {r.text[:300]}"
-    return r.json()["data"]
 
 
 def answered_per_upstream(engine) -> dict[str, float]:
     """seg_requests_total of POST /infer, summed per upstream label, as Prometheus last scraped it."""
-    result = prometheus_api(engine, "query", query='sum by (upstream) (seg_requests_total{route="/infer"})')["result"]
+    result = prometheus_api(engine.prometheus_url, "query",
+                            query='sum by (upstream) (seg_requests_total{route="/infer"})')["result"]
     return {s["metric"]["upstream"]: float(s["value"][1]) for s in result}
 
 
 @engine_check
 def test_engine_prometheus_scrapes_every_target(engine):
-    def all_up():
-        found = prometheus_api(engine, "targets")["activeTargets"]
-        return found if found and all(t["health"] == "up" for t in found) else None
-
-    try:
-        found = wait_for(all_up, timeout=90, interval=1, what="every target up")
-    except TimeoutError:
-        found = prometheus_api(engine, "targets")["activeTargets"]
-        down = [f"{t['labels']['job']} {t['scrapeUrl']}: {t['lastError']}" for t in found if t["health"] != "up"]
-        pytest.fail(f"Prometheus does not see every target up: {down or 'no targets'}\n{engine.logs()}")
+    found = every_target_up(engine.prometheus_url, timeout=90, interval=1, explain=engine.logs)
     jobs = collections.Counter(t["labels"]["job"] for t in found)
     assert jobs == {"app": 2, "nginx": 1, "prometheus": 1}, f"targets by job: {dict(jobs)}"
     app = {t["labels"]["upstream"]: t["scrapeUrl"] for t in found if t["labels"]["job"] == "app"}
     assert set(app) == {"uwsgi-uds", "uwsgi-tcp"}, f"one target per uWSGI service: {app}"
-    up = prometheus_api(engine, "query", query="up")["result"]
+    up = prometheus_api(engine.prometheus_url, "query", query="up")["result"]
     assert len(up) == 4 and {s["value"][1] for s in up} == {"1"}, f"up: {up}"
-    nginx = prometheus_api(engine, "query", query="nginx_up")["result"]
+    nginx = prometheus_api(engine.prometheus_url, "query", query="nginx_up")["result"]
     assert [s["value"][1] for s in nginx] == ["1"], f"the exporter should see nginx's stub_status: {nginx}"
 
 

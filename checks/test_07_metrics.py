@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from workshop.harness import LoadRun, concurrently, lesson_server, started, stop, uwsgi_stats
 from workshop.procs import descendants, wait_for
 
-from checks.utils import PHOTO_256, segment, upstream_kind
+from checks.utils import PHOTO_256, every_target_up, prometheus_api, segment, upstream_kind
 
 LESSON = "07_metrics"
 UPSTREAMS = {"uwsgi1": "unix", "uwsgi2": "tcp"}   # Prometheus' label -> X-Upstream's kind
@@ -40,9 +40,7 @@ def prometheus(stack) -> str:
 
 
 def api(stack, path: str, **params) -> dict:
-    r = requests.get(prometheus(stack) + "/api/v1/" + path, params=params, timeout=10)
-    assert r.status_code == 200, f"Prometheus answered /api/v1/{path} with {r.status_code}: {r.text[:300]}"
-    return r.json()["data"]
+    return prometheus_api(prometheus(stack), path, **params)
 
 
 def query(stack, promql: str) -> dict[str, float]:
@@ -102,16 +100,7 @@ def wait_until(predicate, timeout: float, what: str):
 # ------------------------------------------------------------ Prometheus and its targets
 
 def test_prometheus_scrapes_every_target_directly(stack):
-    def all_up():
-        found = api(stack, "targets")["activeTargets"]
-        return found if found and all(t["health"] == "up" for t in found) else None
-
-    try:
-        found = wait_for(all_up, timeout=30, interval=0.5, what="every target up")
-    except TimeoutError:
-        found = api(stack, "targets")["activeTargets"]
-        down = [f"{t['labels']['job']} {t['scrapeUrl']}: {t['lastError']}" for t in found if t["health"] != "up"]
-        pytest.fail(f"Prometheus does not see every target up 30 s after start: {down or 'no targets'}")
+    found = every_target_up(prometheus(stack), timeout=30, interval=0.5)
     jobs = collections.Counter(t["labels"]["job"] for t in found)
     assert jobs == {"app": 2, "uwsgi": 1, "nginx": 1, "prometheus": 1}, f"targets by job: {dict(jobs)}"
     app = {t["labels"]["upstream"]: t["scrapeUrl"] for t in found if t["labels"]["job"] == "app"}

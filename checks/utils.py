@@ -9,13 +9,14 @@ import socket
 import time
 from dataclasses import dataclass
 
+import pytest
 import requests
 
 from workshop import images
 from workshop.harness import uwsgi_stats
 from workshop.door import listening_ports
 from workshop.lessons import REFERENCE, import_module
-from workshop.procs import descendants
+from workshop.procs import descendants, wait_for
 
 # A 256x256 JPEG: small enough for load runs, big enough to be a real photo.
 PHOTO_256 = images.encode(images.photo().resize((256, 256)), "JPEG")
@@ -169,3 +170,26 @@ def outcome(server, **params) -> int | str:
         return segment(server, **params).status_code
     except requests.ConnectionError:
         return "connection cut"
+
+
+def prometheus_api(base_url: str, path: str, **params) -> dict:
+    """The `data` of Prometheus' HTTP API answer to /api/v1/<path> (a real Prometheus at base_url)."""
+    r = requests.get(f"{base_url}/api/v1/{path}", params=params, timeout=10)
+    assert r.status_code == 200, f"Prometheus answered /api/v1/{path} with {r.status_code}: {r.text[:300]}"
+    return r.json()["data"]
+
+
+def every_target_up(base_url: str, timeout: float, interval: float, explain=lambda: "") -> list[dict]:
+    """Prometheus' active targets, once every one is up; else the check fails naming those down
+    (and what explain() returns, e.g. the containers' logs)."""
+    def all_up():
+        found = prometheus_api(base_url, "targets")["activeTargets"]
+        return found if found and all(t["health"] == "up" for t in found) else None
+
+    try:
+        return wait_for(all_up, timeout=timeout, interval=interval, what="every target up")
+    except TimeoutError:
+        found = prometheus_api(base_url, "targets")["activeTargets"]
+        down = [f"{t['labels']['job']} {t['scrapeUrl']}: {t['lastError']}" for t in found if t["health"] != "up"]
+        pytest.fail(f"Prometheus does not see every target up {timeout:.0f} s after start: "
+                    f"{down or 'no targets'}\n{explain()}")
