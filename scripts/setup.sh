@@ -53,6 +53,9 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11, 5))' || {
 }
 # pip compiles uWSGI: it needs a C compiler and the headers of this Python.
 command -v gcc >/dev/null || need+=(build-essential)
+# ... and OpenSSL's headers: uWSGI links OpenSSL only when it finds them, and
+# lessons 05-08 speak TLS to it (ssl-socket).
+[ -e /usr/include/openssl/ssl.h ] || [ "$(uname -s)" = Darwin ] || need+=(libssl-dev)
 # The guide: npm fetches the diagram library at build time.
 command -v npm >/dev/null || need+=(npm)
 # Nice to have: the guide's checks open every page in headless Chromium
@@ -149,5 +152,13 @@ if [ "$want" != "$have" ]; then
     echo "$want" > .venv/.requirements.sha256
     say "installed in $(( $(date +%s) - started )) s"
 fi
+# A uWSGI compiled before OpenSSL's headers were there has no ssl-socket:
+# compile it again (pip would keep the old build from its cache).
+case "$(.venv/bin/uwsgi --help 2>/dev/null || true)" in
+    *--ssl-socket*) ;;
+    *) say "uwsgi was built without OpenSSL (no ssl-socket): building it again"
+       .venv/bin/python -m pip install --quiet --force-reinstall --no-cache-dir --no-deps \
+           "$(grep -iE '^uwsgi==' requirements-service.txt | cut -d' ' -f1)" ;;
+esac
 torch_version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("torch"))')
 say "ready: $(.venv/bin/python --version), torch $torch_version, uwsgi $(.venv/bin/uwsgi --version), $(nginx -v 2>&1)"
