@@ -146,19 +146,24 @@ def test_engine_app_runs_as_non_root(engine):
             f"{service}: exec user {uid!r}, uWSGI (pid 1) {pid1}: both must be the app user, not root"
 
 
-# A stranger's knock: the packet (hex) sent to port 8001 of each host named.
+# A stranger's knock: the packet (hex) sent to port 8001 of each host named,
+# plain or over TLS (argv[2]), with no client certificate: a stranger has none.
 KNOCK = """
-import socket, sys
-for host in sys.argv[2:]:
+import socket, ssl, sys
+for host in sys.argv[3:]:
     try:
         s = socket.create_connection((host, 8001), timeout=5)
     except OSError as exc:
         print(host, "cannot connect:", type(exc).__name__)
         continue
     with s:
-        s.sendall(bytes.fromhex(sys.argv[1]))
-        s.settimeout(10)
         try:
+            if sys.argv[2] == "tls":
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                s = ctx.wrap_socket(s)
+            s.sendall(bytes.fromhex(sys.argv[1]))
+            s.settimeout(10)
             print(host, "connected, answer:", s.recv(100))
         except OSError as exc:
             print(host, "connected, no answer:", type(exc).__name__)
@@ -174,23 +179,32 @@ def test_engine_only_nginx_reaches_uwsgi_tcp(engine):
     address = engine.address("uwsgi-tcp", "upstreams")
     # Not on `upstreams`: neither its name nor its address gets through, from
     # nginx's other network (default) or from uwsgi-uds, which has no network.
-    outside = {"a container on the default network": engine.stranger("default", KNOCK, knock,
+    outside = {"a container on the default network": engine.stranger("default", KNOCK, knock, "plain",
                                                                       "uwsgi-tcp", address),
-               "uwsgi-uds": engine.exec("uwsgi-uds", "python", "-c", KNOCK, knock, "uwsgi-tcp",
+               "uwsgi-uds": engine.exec("uwsgi-uds", "python", "-c", KNOCK, knock, "plain", "uwsgi-tcp",
                                         address).stdout}
     for who, said in outside.items():
         assert said.count("cannot connect") == 2, \
             f"{who} should not reach uwsgi-tcp ({address}:8001) at all, it says:\n{said}"
-    # On it (here: uwsgi-tcp itself), the packet arrives and max-apps = 1 refuses it.
-    inside = engine.exec("uwsgi-tcp", "python", "-c", KNOCK, knock, "127.0.0.1").stdout
-    assert "connected" in inside, f"the knock from inside uwsgi-tcp should connect: {inside}"
+    # On it (here: uwsgi-tcp itself), the knock connects, plain or over TLS,
+    # and TLS without the CA's client certificate gets no answer.
+    for how in ("plain", "tls"):
+        inside = engine.exec("uwsgi-tcp", "python", "-c", KNOCK, knock, how, "127.0.0.1").stdout
+        assert "connected" in inside and "HTTP/" not in inside, \
+            f"the {how} knock from inside uwsgi-tcp should connect and get no answer: {inside}"
     files = engine.exec("uwsgi-tcp", "ls", "/tmp").stdout.split()
     assert marker.rsplit("/", 1)[1] not in files, \
-        f"UWSGI_FILE=exec:// ran a command in uwsgi-tcp: max-apps = 1 should refuse it\n{engine.logs()}"
+        f"UWSGI_FILE=exec:// ran a command in uwsgi-tcp: TLS should refuse it\n{engine.logs()}"
+    # The image's own health check: /readyz with the probe's certificate, nothing without it.
+    check = "python", "/app/06_docker/healthcheck.py"
+    with_cert = engine.exec("uwsgi-tcp", *check)
+    without = engine.exec("uwsgi-tcp", *check, env={"HEALTHCHECK_TLS": ""})
+    assert "-> 200" in with_cert.stdout, f"the health check with its certificate: {with_cert.stdout}{with_cert.stderr}"
+    assert "-> 200" not in without.stdout and "healthcheck:" in without.stderr, \
+        f"plain uwsgi to the TLS port should get no answer: {without.stdout}{without.stderr}"
 
 
 # ---- the metrics profile: Prometheus scrapes each uWSGI service and nginx ----
-
 
 
 def answered_per_upstream(engine) -> dict[str, float]:
@@ -252,7 +266,7 @@ def test_engine_prometheus_cannot_speak_uwsgi_to_uwsgi_tcp(engine):
     knock = door.packet({**door.REQUEST, "UWSGI_FILE": "exec://true"}).hex()
     address = engine.address("uwsgi-tcp", "upstreams")
     for network in ("default", "metrics"):
-        said = engine.stranger(network, KNOCK, knock, "uwsgi-tcp", address)
+        said = engine.stranger(network, KNOCK, knock, "plain", "uwsgi-tcp", address)
         assert said.count("cannot connect") == 2, \
             f"from Prometheus' network {network!r}, uwsgi-tcp ({address}:8001) must be out of reach:\n{said}"
     ui = requests.get(engine.prometheus_url + "/-/ready", timeout=10)
@@ -379,7 +393,5 @@ def test_engine_scaling_takes_effect_after_nginx_reloads(engine):
 def test_engine_down_leaves_nothing(engine):
     mounted = engine.volumes_in_use()   # anonymous ones too: Compose does not label those
     engine.down(measure=True)
-    left = engine.leftovers()
-    left["volume"] = sorted(set(left["volume"]) | (mounted & set(subprocess.run(
-        [engines.engine_cli(), "volume", "ls", "-q"], capture_output=True, text=True).stdout.split())))
+    left = engine.leftovers(mounted)
     assert not any(left.values()), f"left behind after down -v --profile metrics: {left}"

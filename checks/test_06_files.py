@@ -28,6 +28,7 @@ from workshop.procs import free_port
 from workshop.tools import tool
 
 SERVICES = {"nginx", "uwsgi-uds", "uwsgi-tcp"}
+ONE_SHOT = {"certs"}   # runs once per `up`, makes the certificates, exits
 WATCHERS = {"prometheus", "nginx-exporter", "uwsgi-uds-metrics", "uwsgi-tcp-metrics"}   # the metrics profile
 
 
@@ -69,7 +70,8 @@ def test_gpu_variant_asks_for_the_gpu_and_changes_nothing_else(lesson):
     assert "version" not in raw, "the Compose specification has no `version:` key: remove it"
     cpu = compose.config(lesson / compose.COMPOSE_FILE)["services"]
     gpu = compose.config([lesson / compose.COMPOSE_FILE, lesson / compose.GPU_FILE])["services"]
-    assert set(gpu) == SERVICES and gpu["nginx"] == cpu["nginx"], f"{compose.GPU_FILE} leaves nginx alone"
+    assert set(gpu) == SERVICES | ONE_SHOT and gpu["nginx"] == cpu["nginx"] and gpu["certs"] == cpu["certs"], \
+        f"{compose.GPU_FILE} leaves nginx and certs alone"
     build = gpu["uwsgi-uds"]["build"]
     assert build["dockerfile"] == cpu["uwsgi-uds"]["build"]["dockerfile"], "the same Dockerfile-python"
     assert build.get("args", {}).get("TORCH_INDEX_URL") == "", \
@@ -98,7 +100,7 @@ def test_compose_file_keeps_its_promises(lesson):
     assert "version" not in raw, "the Compose specification has no `version:` key: remove it"
     config = compose.config(lesson / compose.COMPOSE_FILE)
     services = config["services"]
-    assert set(services) == SERVICES
+    assert set(services) == SERVICES | ONE_SHOT
     published = {name for name, s in services.items() if s.get("ports")}
     assert published == {"nginx"}, f"only nginx may publish a port, not {published - {'nginx'}}"
     for port in services["nginx"]["ports"]:
@@ -108,9 +110,10 @@ def test_compose_file_keeps_its_promises(lesson):
         condition = services["nginx"].get("depends_on", {}).get(name, {}).get("condition")
         assert condition == "service_healthy", \
             f"nginx must wait until {name} is healthy (it resolves names once, at start)"
-    for name, service in services.items():
-        assert service.get("restart") in ("unless-stopped", "always", "on-failure"), \
+    for name in SERVICES:
+        assert services[name].get("restart") in ("unless-stopped", "always", "on-failure"), \
             f"{name} needs a restart policy"
+    assert services["certs"].get("restart", "no") == "no", "certs runs once and exits: no restart policy"
     mounts = {name: {v["target"]: v.get("source") for v in s.get("volumes", [])}
               for name, s in services.items()}
     assert mounts["uwsgi-uds"].get("/socks") and \
@@ -119,10 +122,49 @@ def test_compose_file_keeps_its_promises(lesson):
     assert services["nginx"]["environment"]["TCP_UPSTREAM"].startswith("uwsgi-tcp:")
 
 
-def test_uwsgi_sockets_are_locked_by_place(lesson):
+def test_uwsgi_sockets_are_locked_by_tls_with_the_certs_services_ca(lesson):
     # The uwsgi protocol has no login: who can connect can ask for a command
-    # (UWSGI_FILE=exec://...). Lesson 06's images carry no certificates, so
-    # the lock is where the sockets are, and max-apps = 1 in the .ini files.
+    # (UWSGI_FILE=exec://...). As in lesson 05, both sockets speak TLS and
+    # want a client certificate from the private CA; the certs service makes
+    # it, and each side gets only its part.
+    services = compose.config(lesson / compose.COMPOSE_FILE)["services"]
+    for ini, name in (("uwsgi-uds.ini", "uwsgi-uds"), ("uwsgi-tcp.ini", "uwsgi-tcp")):
+        text = re.sub(r"^\s*;.*$", "", (lesson / ini).read_text(), flags=re.M)
+        assert not re.search(r"^(socket|uwsgi-socket|http-socket)\s*=", text, re.M), \
+            f"{ini}: no plain socket; ssl-socket only"
+        found = re.search(r"^ssl-socket\s*=\s*([^,\n]+),\$\(TLS_DIR\)/uwsgi\.crt,\$\(TLS_DIR\)/uwsgi\.key,"
+                          r"[^,\n]*,!\$\(TLS_DIR\)/ca\.crt\s*$", text, re.M)
+        assert found, f"{ini}: ssl-socket = ADDRESS,$(TLS_DIR)/uwsgi.crt,$(TLS_DIR)/uwsgi.key,,!$(TLS_DIR)/ca.crt " \
+                      "(the ! makes the client's certificate required)"
+        service = services[name]
+        tls_dir = service["environment"]["TLS_DIR"]
+        assert service["environment"].get("HEALTHCHECK_TLS") == tls_dir, \
+            f"{name}: the health check shows the probe's certificate from {tls_dir} (HEALTHCHECK_TLS)"
+        mounts = {v["target"]: v for v in service.get("volumes", []) if v.get("source")}
+        assert mounts.get(tls_dir, {}).get("source") == "tls-uwsgi" and mounts[tls_dir].get("read_only"), \
+            f"{name}: the volume tls-uwsgi, read-only, at {tls_dir}"
+    nginx = services["nginx"]
+    assert nginx["environment"]["UPSTREAM"].startswith("suwsgi://"), "nginx speaks uwsgi over TLS: suwsgi://"
+    mounts = {v["target"]: v for v in nginx.get("volumes", []) if v.get("source")}
+    assert mounts.get("/etc/nginx/tls", {}).get("source") == "tls-nginx" and mounts["/etc/nginx/tls"].get("read_only"), \
+        "nginx gets tls-nginx read-only at /etc/nginx/tls (the template's tls/, next to nginx.conf)"
+    holders = {v["source"]: set() for s in services.values() for v in s.get("volumes", []) if v.get("source")}
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            if volume.get("source"):
+                holders[volume["source"]].add(name)
+    assert holders.get("tls-ca") == {"certs"}, f"the CA's key is the certs service's alone: {holders.get('tls-ca')}"
+    assert holders.get("tls-nginx") == {"certs", "nginx"}, holders.get("tls-nginx")
+    assert holders.get("tls-uwsgi") == {"certs", "uwsgi-uds", "uwsgi-tcp"}, holders.get("tls-uwsgi")
+    assert services["certs"].get("network_mode") == "none", "certs needs no network"
+    for name in SERVICES:
+        assert services[name]["depends_on"].get("certs", {}).get("condition") == "service_completed_successfully", \
+            f"{name} starts once the certs service has made the certificates"
+
+
+def test_uwsgi_sockets_are_locked_by_place(lesson):
+    # Where they are, the lock for whoever cannot even connect; and
+    # max-apps = 1 in the .ini files, a bolt for whoever can.
     config = compose.config(lesson / compose.COMPOSE_FILE)
     services, networks = config["services"], config.get("networks", {})
     assert services["uwsgi-uds"].get("network_mode") == "none", \
@@ -146,8 +188,8 @@ def test_metrics_profile_adds_watchers_and_changes_nothing_else(lesson):
     plain = compose.config(lesson / compose.COMPOSE_FILE)
     measured = compose.config(lesson / compose.COMPOSE_FILE, profiles=(compose.METRICS_PROFILE,))
     services = measured["services"]
-    assert set(services) == SERVICES | WATCHERS, f"the metrics profile's services: {sorted(services)}"
-    for name in SERVICES:
+    assert set(services) == SERVICES | ONE_SHOT | WATCHERS, f"the metrics profile's services: {sorted(services)}"
+    for name in SERVICES | ONE_SHOT:
         assert services[name] == plain["services"][name], f"--profile metrics must leave {name} as it is"
     for name in WATCHERS:
         assert services[name].get("profiles") == [compose.METRICS_PROFILE], \
@@ -270,6 +312,9 @@ def test_dockerfiles_keep_their_promises(lesson):
     user = [a for w, a in py[-1] if w == "USER"]
     assert user and user[-1] not in ("root", "0", "0:0"), "the app must not run as root: add USER"
     assert "HEALTHCHECK" in final and "CMD" in final
+    builds = [a for stage in py[:-1] for w, a in stage if w == "RUN" and "pip wheel" in a]
+    assert builds and any("libssl-dev" in a for stage in py[:-1] for w, a in stage if w == "RUN"), \
+        "uWSGI's build stage needs OpenSSL's headers (libssl-dev): without them uWSGI has no ssl-socket"
     ngx = stages(lesson / "Dockerfile-nginx")
     assert len(ngx) == 1 and re.fullmatch(r"nginx:1\.\d+(\.\d+)?", ngx[0][0][1]), \
         "Dockerfile-nginx: FROM a pinned official nginx, e.g. nginx:1.27"

@@ -5,17 +5,24 @@ in the app's user (lesson 05 shows it). A TCP upstream is therefore wrapped
 in TLS with client certificates: uWSGI only talks to a peer whose
 certificate this CA signed, and the only such peer is nginx.
 
-    python -m workshop.certs DIR [NAME...]
+    python -m workshop.certs DIR [NAME...] [--give PARTY=FOLDER ...]
 
 makes, in DIR (created with mode 700; lessons use $RUN_DIR/tls, never the
 repository):
 
-    ca.crt ca.key        the private CA (it signs the two below, nothing else)
+    ca.crt ca.key        the private CA (it signs the three below, nothing else)
     uwsgi.crt uwsgi.key  uWSGI's server certificate, for the names NAME... (default: uwsgi)
     nginx.crt nginx.key  nginx's client certificate
+    probe.crt probe.key  the health check's client certificate: how the uWSGI
+                         side itself asks its own socket for /readyz
 
 A second run keeps valid files (same names, a week or more to go) and
 prints DIR; anything else is made again. Needs only `openssl`.
+
+Where nginx and uWSGI do not share a folder (lesson 06's containers), each
+gets only its own part: `--give nginx=FOLDER` copies ca.crt and nginx's pair
+there, `--give uwsgi=FOLDER` ca.crt, uWSGI's pair and the probe's. The CA's
+key stays in DIR.
 """
 
 from __future__ import annotations
@@ -30,7 +37,10 @@ from pathlib import Path
 DAYS = 90                 # the lessons' certificates live a season, not forever
 RENEW_BEFORE = 7 * 86400  # seconds: make new ones when less than a week is left
 DEFAULT_NAMES = ("uwsgi",)
-FILES = ("ca.crt", "ca.key", "uwsgi.crt", "uwsgi.key", "nginx.crt", "nginx.key")
+FILES = ("ca.crt", "ca.key", "uwsgi.crt", "uwsgi.key", "nginx.crt", "nginx.key", "probe.crt", "probe.key")
+# What each side needs of the set, when they live apart (see give()).
+PARTS = {"nginx": ("ca.crt", "nginx.crt", "nginx.key"),
+         "uwsgi": ("ca.crt", "uwsgi.crt", "uwsgi.key", "probe.crt", "probe.key")}
 
 
 def _openssl(*args: str, cwd: Path) -> str:
@@ -71,8 +81,8 @@ def still_good(folder: Path, names=DEFAULT_NAMES) -> bool:
     if not all((folder / f).is_file() for f in FILES):
         return False
     try:
-        _openssl("verify", "-CAfile", "ca.crt", "uwsgi.crt", "nginx.crt", cwd=folder)
-        for cert in ("ca.crt", "uwsgi.crt", "nginx.crt"):
+        _openssl("verify", "-CAfile", "ca.crt", "uwsgi.crt", "nginx.crt", "probe.crt", cwd=folder)
+        for cert in ("ca.crt", "uwsgi.crt", "nginx.crt", "probe.crt"):
             _openssl("x509", "-in", cert, "-noout", "-checkend", str(RENEW_BEFORE), cwd=folder)
         return _server_names(folder) == sorted(names)
     except RuntimeError:
@@ -80,7 +90,7 @@ def still_good(folder: Path, names=DEFAULT_NAMES) -> bool:
 
 
 def make(folder: Path, names=DEFAULT_NAMES) -> Path:
-    """The CA, uWSGI's server certificate for `names` and nginx's client certificate, in folder."""
+    """The CA, uWSGI's server certificate for `names`, nginx's and the probe's client certificates, in folder."""
     if not shutil.which("openssl"):
         raise RuntimeError("openssl is not installed: run ./workshop.sh setup")
     folder = Path(folder)
@@ -100,20 +110,50 @@ def make(folder: Path, names=DEFAULT_NAMES) -> Path:
         _signed("uwsgi", f"/CN={names[0]}",
                 "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
                 f"extendedKeyUsage=serverAuth\nsubjectAltName={sans}\n", work)
-        _signed("nginx", "/CN=nginx",
-                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-                "extendedKeyUsage=clientAuth\n", work)
+        for client in ("nginx", "probe"):
+            _signed(client, f"/CN={client}",
+                    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                    "extendedKeyUsage=clientAuth\n", work)
         for name in FILES:
             (work / name).replace(folder / name)
     return folder
 
 
+def give(folder: Path, part: str, dest: Path) -> Path:
+    """Copy one side's files (PARTS[part]) from a made set in folder to dest, keys mode 600."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    dest.chmod(0o700)
+    for name in PARTS[part]:
+        data = (Path(folder) / name).read_bytes()
+        if (dest / name).is_file() and (dest / name).read_bytes() == data:
+            continue   # unchanged: leave the file a running server may hold open alone
+        scratch = dest / f".{name}.new"
+        scratch.write_bytes(data)
+        scratch.chmod(0o600 if name.endswith(".key") else 0o644)
+        scratch.replace(dest / name)
+    return dest
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0].startswith("-"):
+    args = list(argv)
+    parts = []
+    while "--give" in args:
+        at = args.index("--give")
+        part, _, dest = (args[at + 1] if at + 1 < len(args) else "").partition("=")
+        if part not in PARTS or not dest:
+            print(f"--give takes {' or '.join(f'{p}=FOLDER' for p in PARTS)}", file=sys.stderr)
+            return 2
+        parts.append((part, Path(dest)))
+        del args[at:at + 2]
+    if not args or args[0].startswith("-"):
         print(__doc__, file=sys.stderr)
         return 2
     try:
-        print(make(Path(argv[0]), tuple(argv[1:]) or DEFAULT_NAMES))
+        folder = make(Path(args[0]), tuple(args[1:]) or DEFAULT_NAMES)
+        for part, dest in parts:
+            give(folder, part, dest)
+        print(folder)
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -167,8 +167,10 @@ class EngineStack:
                 f"{' '.join(args)} failed ({out.returncode}):\n{out.stderr[-3000:]}\n{self.logs()}"
         return out
 
-    def exec(self, service: str, *cmd, user: str | None = None) -> subprocess.CompletedProcess:
-        return self.run("exec", "-T", *(["-u", user] if user else []), service, *cmd, check=False, timeout=60)
+    def exec(self, service: str, *cmd, user: str | None = None,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        options = [*(["-u", user] if user else []), *(f"--env={k}={v}" for k, v in (env or {}).items())]
+        return self.run("exec", "-T", *options, service, *cmd, check=False, timeout=60)
 
     def logs(self) -> str:
         out = subprocess.run([*self.base, "logs", "--no-color", "--tail", "25"],
@@ -230,8 +232,10 @@ class EngineStack:
             names.update(self.inspect(container, '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}').split())
         return names
 
-    def leftovers(self) -> dict[str, list[str]]:
-        """What the engine still has of this project: Compose's labels, asked of the engine itself."""
+    def leftovers(self, mounted: set[str] = frozenset()) -> dict[str, list[str]]:
+        """What the engine still has of this project: Compose's labels, asked of the engine itself,
+        plus those of the volumes `mounted` (volumes_in_use(), before the stop) that still exist:
+        anonymous volumes carry no Compose label."""
         label = f"label=com.docker.compose.project={self.project}"
         found = {}
         for kind in ("container", "volume", "network"):
@@ -240,6 +244,9 @@ class EngineStack:
                 args.insert(3, "-a")
             out = subprocess.run(args, capture_output=True, text=True, env=self.env)
             found[kind] = out.stdout.split()
+        if mounted:
+            out = subprocess.run([engine_cli(), "volume", "ls", "-q"], capture_output=True, text=True, env=self.env)
+            found["volume"] = sorted(set(found["volume"]) | (set(mounted) & set(out.stdout.split())))
         return found
 
     def down(self, measure: bool = False):

@@ -8,11 +8,15 @@ file and the Dockerfiles give, without a container engine:
 
 - each container's file system is a folder, with the app files laid out as
   the Dockerfile's COPY lines lay them out (workshop/dockerfiles.py);
-- each named volume is a temp folder, mounted where the compose file says;
+- each named volume is a temp folder, mounted where the compose file says
+  (paths in the environment and the command point into it; a link stands
+  at the mount point, for paths relative to a config file);
 - service names resolve to 127.0.0.1 and each container port gets a free
   loopback port;
-- nginx starts once both uWSGI services pass the image's HEALTHCHECK, as
-  `depends_on: condition: service_healthy` has it.
+- the one-shot `certs` service runs first and must exit 0, and nginx starts
+  once both uWSGI services pass the image's HEALTHCHECK, as
+  `depends_on: condition: service_completed_successfully / service_healthy`
+  has it.
 
 It proves that the files fit together, in seconds. What it cannot prove
 (the images build, the containers reach each other) is the engine checks'
@@ -95,6 +99,27 @@ class HostRun:
                 env[key] = mapped
         return env
 
+    def command(self, name: str) -> list[str]:
+        """The service's command, its container paths (also in NAME=/path) pointing here."""
+        out = []
+        for arg in self.services[name]["command"]:
+            key, sep, value = arg.rpartition("=")
+            if value.startswith("/"):
+                arg = key + sep + self.path(name, value)
+            out.append(sys.executable if arg == "python" else arg)
+        return out
+
+    def mount(self, name: str, image: Image) -> None:
+        """Lay the image out for this container, with a link to each named volume where it is mounted."""
+        image.lay_out(self.root(name))
+        for volume in self.services[name].get("volumes", []):
+            if "source" in volume:
+                point = Path(str(self.root(name)) + volume["target"])
+                point.parent.mkdir(parents=True, exist_ok=True)
+                if point.is_dir() and not point.is_symlink():
+                    point.rmdir()   # the image's empty mount point, as a volume hides it
+                point.symlink_to(self.tmp / "volumes" / volume["source"])
+
     def healthcheck(self, name: str) -> subprocess.CompletedProcess:
         cmd = [sys.executable if c == "python" else self.path(name, c) if c.startswith("/") else c
                for c in self.app.healthcheck]
@@ -105,19 +130,24 @@ class HostRun:
         (self.tmp / "volumes").mkdir(parents=True)
         for volume in {v["source"] for s in self.services.values() for v in s.get("volumes", []) if "source" in v}:
             (self.tmp / "volumes" / volume).mkdir(mode=0o755)
+        # depends_on: condition: service_completed_successfully
+        self.mount("certs", self.app)
+        certs = subprocess.run(self.command("certs"), capture_output=True, text=True, timeout=60,
+                               cwd=self.path("certs", self.app.workdir), env=base_env(self.env("certs", self.app)))
+        assert certs.returncode == 0, f"the certs service failed:\n{certs.stdout}{certs.stderr}"
         for name in ("uwsgi-uds", "uwsgi-tcp"):
-            self.app.lay_out(self.root(name))
+            self.mount(name, self.app)
             env = self.env(name, self.app)
             for key in ("RUN_DIR", "TORCH_HOME"):
                 Path(env[key]).mkdir(parents=True, exist_ok=True)
             cwd = self.path(name, self.app.workdir)
-            self.servers.append(started(name, self.services[name]["command"], run_dir=self.tmp,
+            self.servers.append(started(name, self.command(name), run_dir=self.tmp,
                                         env=env, cwd=Path(cwd)))
         for server in self.servers:  # nginx's depends_on: condition: service_healthy
             wait_for(lambda: self.healthcheck(server.name).returncode == 0 or not server.alive(),
                      timeout=90, interval=0.5, what=f"{server.name}'s HEALTHCHECK to pass")
             assert server.alive(), f"{server.name} exited:\n{server.log()}"
-        self.web.lay_out(self.root("nginx"))   # the page, where STATIC_ROOT says
+        self.mount("nginx", self.web)   # the page, where STATIC_ROOT says; tls/ next to nginx.conf
         values = self.env("nginx", self.web)
         Path(values["LOG_DIR"]).mkdir(parents=True, exist_ok=True)
         templates = [src for dest, src in self.web.files.items()

@@ -9,6 +9,12 @@ read the HTTP answer the app writes back.
     python healthcheck.py [SOCKET]      SOCKET: /path/to/app.sock or HOST:PORT
                                         (default: $HEALTHCHECK_SOCKET)
 
+The sockets speak that protocol inside TLS and let in only a client whose
+certificate the private CA signed (lesson 05). HEALTHCHECK_TLS names the
+folder with the CA's certificate and the probe's own pair (probe.crt,
+probe.key): with it, the check shows its certificate and checks uWSGI's,
+as nginx does. Without it, it speaks plain uwsgi (lesson 08's pods).
+
 Exit 0 when /readyz answers 200 (the worker holds its model and has run it
 once), 1 otherwise: Docker marks the container healthy after the first 0.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import struct
 import sys
 
@@ -35,7 +42,7 @@ def uwsgi_request(variables: dict[str, str]) -> bytes:
     return struct.pack("<BHB", 0, len(body), 0) + body
 
 
-def connect(address: str, timeout: float) -> socket.socket:
+def connect(address: str, timeout: float, tls_dir: str = "") -> socket.socket:
     if address.startswith("/"):
         sock = socket.socket(socket.AF_UNIX)
         target = address
@@ -45,10 +52,21 @@ def connect(address: str, timeout: float) -> socket.socket:
         target = (host or "127.0.0.1", int(port))
     sock.settimeout(timeout)
     sock.connect(target)
-    return sock
+    if not tls_dir:
+        return sock
+    # TLS as nginx speaks it to uWSGI: trust only the private CA, expect the
+    # name "uwsgi" on uWSGI's certificate, and show our own (the probe's).
+    context = ssl.create_default_context(cafile=os.path.join(tls_dir, "ca.crt"))
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(os.path.join(tls_dir, "probe.crt"), os.path.join(tls_dir, "probe.key"))
+    try:
+        return context.wrap_socket(sock, server_hostname="uwsgi")
+    except BaseException:
+        sock.close()
+        raise
 
 
-def status_of(address: str, path: str = "/readyz", timeout: float = 4.0) -> int:
+def status_of(address: str, path: str = "/readyz", timeout: float = 4.0, tls_dir: str = "") -> int:
     """The HTTP status uWSGI's app answers `GET path` with."""
     request = uwsgi_request({
         "REQUEST_METHOD": "GET", "REQUEST_URI": path, "PATH_INFO": path,
@@ -56,7 +74,7 @@ def status_of(address: str, path: str = "/readyz", timeout: float = 4.0) -> int:
         "SERVER_NAME": "healthcheck", "SERVER_PORT": "0", "HTTP_HOST": "healthcheck",
         "REMOTE_ADDR": "127.0.0.1",
     })
-    with connect(address, timeout) as sock:
+    with connect(address, timeout, tls_dir) as sock:
         sock.sendall(request)
         answer = b""
         while b"\r\n" not in answer:  # the status line is all we need
@@ -78,8 +96,8 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 1
     try:
-        status = status_of(address)
-    except (OSError, ValueError) as exc:
+        status = status_of(address, tls_dir=os.environ.get("HEALTHCHECK_TLS", ""))
+    except (OSError, ValueError) as exc:   # ssl.SSLError is an OSError
         print(f"healthcheck: {address}: {exc}", file=sys.stderr)
         return 1
     print(f"healthcheck: {address} /readyz -> {status}")
