@@ -54,7 +54,7 @@ def _after_fork(ctx: Context, srv) -> dict:
     def workers():
         if not srv.alive():
             raise RuntimeError(f"run.sh exited during start-up:\n{srv.log(30)}")
-        return [w for s in uwsgi_instances(srv.run_dir) for w in s["workers"]]
+        return [w for s in uwsgi_instances(srv.run_dir).values() for w in s["workers"]]
     wait_for(lambda: len(ws := workers()) >= ctx.cores and all(w["pid"] > 0 for w in ws), timeout=120,
              interval=0.2, what="uWSGI to fork its workers")
     forked_at, first, pids = time.monotonic(), {}, set()
@@ -80,7 +80,7 @@ def _after_fork(ctx: Context, srv) -> dict:
     silent = sorted(pids - set(first)) if len(first) < ctx.cores else []
     row = {"result": "hang" if silent else "ok", "workers_answered": min(len(first), ctx.cores),
            "first_answer_after_fork_s": sorted(first.values()), "memory": memory_of(srv.pid, srv.run_dir)}
-    for pid in silent + [s["pid"] for s in uwsgi_instances(srv.run_dir)] * bool(silent):
+    for pid in silent + [s["pid"] for s in uwsgi_instances(srv.run_dir).values()] * bool(silent):
         with contextlib.suppress(ProcessLookupError):  # hung workers ignore SIGTERM: end this uWSGI, by pid
             os.kill(pid, signal.SIGKILL)
     return row
