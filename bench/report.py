@@ -86,8 +86,6 @@ def markdown(res: dict) -> str:
                  [[r["stage"], r["setting"], f(r["images_per_s"]), f(r["x_forward"], 2), f(r["x_pipeline"], 2),
                    *lat(r, "p50", "p95", "p99"), failed(r), f(r["rss_mb_per_worker"], 0), f(r["other_cpu_pct"], 0)]
                   for r in res.get("headline", [])])
-    out += [f"× forward: against the forward-pass limit, {f(lim.get('forward_images_per_s'))} images/s (the mean of "
-            f"its runs); × pipeline: against the app's pipeline, {f(lim.get('pipeline_images_per_s'))} images/s.", ""]
     out += table("The workshop's targets", ["target", "measured", "met?"],
                  [[t["target"], t["measured"], {True: "yes", False: "**no**", None: "shown"}[t["met"]]]
                   for t in res.get("targets", [])])
@@ -179,7 +177,7 @@ def markdown(res: dict) -> str:
           other(r), f(r["cpu"]["machine_busy_pct"], 0)] for r in busy])
     errors = [[k, v["error"]] for k, v in st.items() if isinstance(v, dict) and "error" in v]
     out += table("Stages that failed in this run", ["stage", "error"], errors) if errors else []
-    return "\n".join(out + ["Every run, percentile, process and CPU share: `results.json`."]) + "\n"
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def figure(*grid, **size):

@@ -19,11 +19,10 @@ import shutil
 import sys
 import time
 import traceback
-from pathlib import Path
 
 from bench import report, serving
 from bench.measure import (Context, CpuWindow, child, child_result, loadavg, log, machine, options, ratio, result_of,
-                           summary)
+                           summary, written)
 from bench.report import rows_of
 from workshop import images
 from workshop.harness import make_run_dir, stop
@@ -162,8 +161,8 @@ def main(argv=None) -> int:
         print("wrk is not installed: apt-get install wrk (./workshop.sh setup does it)", file=sys.stderr)
         return 1
     os.environ["SEG_PRECISION"] = "fp32"  # every server runs the default; bf16 is compared in-process
-    ctx = Context(quick=args.quick, cores=os.cpu_count() or 1, lessons=Path(args.lessons).resolve(),
-                  work=Path(make_run_dir()), photos=[], out=Path(args.out))
+    ctx = Context(quick=args.quick, cores=os.cpu_count() or 1, lessons=args.lessons.resolve(), work=make_run_dir(),
+                  photos=[], out=args.out)
     ctx.out.mkdir(parents=True, exist_ok=True)
     if ctx.quick:
         ctx.seconds, ctx.curve_seconds, ctx.limit_seconds = 2, 1, 2
@@ -199,11 +198,9 @@ def main(argv=None) -> int:
         shutil.rmtree(ctx.work, ignore_errors=True)
     res["meta"].update(load_after=loadavg(), duration_s=round(time.time() - t0, 1))
     derive(res)
-    out = ctx.out
-    (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
-    report.write(res, out)
+    report.write(written(ctx.out, "results.json", res), ctx.out)
     failed = [k for k, v in res["stages"].items() if isinstance(v, dict) and "error" in v]
-    log(f"done in {res['meta']['duration_s']:.0f} s: {out}/results.json, results.md, chart.png"
+    log(f"done in {res['meta']['duration_s']:.0f} s: {ctx.out}/results.json, results.md, chart.png"
         + (f"; stages with errors: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
