@@ -25,7 +25,7 @@ import requests
 from workshop import images
 from workshop.harness import started, stop, uwsgi_stats
 from workshop.lessons import REFERENCE, ROOT
-from workshop.procs import Server, descendants, run_bounded, wait_for
+from workshop.procs import Server, descendants, run_bounded
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -96,8 +96,8 @@ def median(xs: list[float]) -> float | None:
     return round(statistics.median(xs), 3) if xs else None
 
 
-def ratio(a: float | None, b: float | None, digits: int = 2) -> float | None:
-    return round(a / b, digits) if a is not None and b else None
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
 
 
 # ---------------------------------------------------------------- load: wrk
@@ -192,10 +192,10 @@ def small_photo() -> bytes:
     return images.encode(images.photo().resize((256, 256)), "JPEG")
 
 
-def post(url: str, body: bytes, timeout: float = 60) -> tuple[int, float]:
+def post(url: str, body: bytes) -> tuple[int, float]:
     """One photo to URL/infer?format=png: (status, seconds)."""
     t0 = time.perf_counter()
-    return requests.post(url + PNG, data=body, timeout=timeout).status_code, time.perf_counter() - t0
+    return requests.post(url + PNG, data=body, timeout=60).status_code, time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------- /proc: memory and CPU
@@ -211,12 +211,9 @@ def uwsgi_instances(run_dir: Path | None) -> dict[str, dict]:
     return stats
 
 
-def wait_workers(run_dir: Path, expected: int, timeout: float = 240) -> None:
-    """Until every uWSGI worker under run_dir has loaded the app (lazy-apps loads after the fork)."""
-    def ready():
-        workers = [w for s in uwsgi_instances(run_dir).values() for w in s["workers"]]
-        return len(workers) >= expected and all(w.get("apps") and w["pid"] > 0 for w in workers)
-    wait_for(ready, timeout=timeout, interval=0.2, what="every uWSGI worker to load the app")
+def uwsgi_workers(run_dir: Path | None) -> list[dict]:
+    """The workers of every uWSGI whose stats socket is in run_dir."""
+    return [w for s in uwsgi_instances(run_dir).values() for w in s["workers"]]
 
 
 def _read(path: str) -> str:
@@ -232,8 +229,7 @@ def memory_of(root_pid: int, run_dir: Path | None = None) -> dict:
     Rss counts every page a process maps; Pss splits each shared page between
     the processes sharing it, so Pss adds up (a prefork model counts once).
     """
-    stats = uwsgi_instances(run_dir).values()
-    masters, workers = {s["pid"] for s in stats}, {w["pid"] for s in stats for w in s["workers"]}
+    masters, workers = {s["pid"] for s in uwsgi_instances(run_dir).values()}, {w["pid"] for w in uwsgi_workers(run_dir)}
     rows = []
     for pid in [root_pid, *descendants(root_pid)]:
         name = _read(f"/proc/{pid}/comm").strip()

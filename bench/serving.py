@@ -11,7 +11,7 @@ import time
 
 import requests
 
-from bench.measure import PNG, Context, cpu_seconds, load, log, memory_of, unloaded, uwsgi_instances, wait_workers
+from bench.measure import PNG, Context, cpu_seconds, load, log, memory_of, unloaded, uwsgi_instances, uwsgi_workers
 from workshop.harness import concurrently, lesson_server, readyz_of_every_worker
 from workshop.procs import wait_for
 
@@ -24,8 +24,12 @@ def stack(ctx: Context, lesson: str, processes: int, mode: str = "prefork", env:
     """LESSON's run.sh --processes PROCESSES (--lazy-apps too in that mode), once ready and every one of
     its WORKERS (default: PROCESSES) has loaded the app."""
     args = ["--processes", str(processes)] + ["--lazy-apps"] * (mode == "lazy-apps")
+
+    def loaded(srv):  # lazy-apps loads the app after the fork
+        ws = uwsgi_workers(srv.run_dir)
+        return len(ws) >= (workers or processes) and all(w.get("apps") and w["pid"] > 0 for w in ws)
     with lesson_server(ctx.lessons, lesson, args=args, env=env, timeout=START) as srv:
-        wait_workers(srv.run_dir, workers or processes)
+        wait_for(lambda: loaded(srv), timeout=START, interval=0.2, what="every uWSGI worker to load the app")
         yield srv
 
 
@@ -62,7 +66,7 @@ def _after_fork(ctx: Context, srv) -> dict:
     def workers():
         if not srv.alive():
             raise RuntimeError(f"run.sh exited during start-up:\n{srv.log(30)}")
-        return [w for s in uwsgi_instances(srv.run_dir).values() for w in s["workers"]]
+        return uwsgi_workers(srv.run_dir)
     wait_for(lambda: len(ws := workers()) >= ctx.cores and all(w["pid"] > 0 for w in ws), timeout=120,
              interval=0.2, what="uWSGI to fork its workers")
     forked_at, first, pids = time.monotonic(), {}, set()
