@@ -1,9 +1,9 @@
-"""What every stage measures with: its Context, wrk, unloaded round trips, /proc, the statistics.
+"""What every measurement uses: its Context, the command line, the statistics, wrk, unloaded
+round trips, /proc, the processes of its own, the files of the runs of their own.
 
-A stage (bench/run.py lists them) starts its servers through workshop.harness, measures
-them with load(), unloaded() and memory_of(), and returns rows kept in results.json as they
-are. Percentiles under load are wrk's own; every other series of timings of a stage goes through
-summary() (the runs of their own, soak, overload and metrics_overhead, keep their own figures).
+A stage (bench/run.py lists them) starts its servers through workshop.harness, measures them with
+load(), unloaded() and memory_of(), and returns rows kept in results.json as they are. Percentiles
+under load are wrk's own; every other percentile is percentile()'s, every median median()'s.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import platform
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,9 +22,10 @@ from pathlib import Path
 
 import requests
 
-from workshop.harness import uwsgi_stats
-from workshop.lessons import REFERENCE
-from workshop.procs import Server, descendants, wait_for
+from workshop import images
+from workshop.harness import started, stop, uwsgi_stats
+from workshop.lessons import REFERENCE, ROOT
+from workshop.procs import Server, descendants, run_bounded
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,13 +63,16 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def options(doc: str, quick: str, out: str, argv=None, default_out: Path = RESULTS, **flags) -> argparse.Namespace:
-    """The command line of the runs of their own (soak, overload, metrics_overhead): --quick, --out,
-    --lessons, and any more on/off FLAGS (name=help)."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+def options(doc: str, quick: str, out: str, argv=None, default_out: Path = RESULTS, prog: str | None = None,
+            only: str = "", **flags) -> argparse.Namespace:
+    """The command line of every run: --quick, --out, --lessons, --only if ONLY is its help, and any
+    more on/off FLAGS (name=help)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--out", type=Path, default=default_out, help=out)
     parser.add_argument("--lessons", type=Path, default=REFERENCE, help="the lessons to run (default: lessons/)")
+    if only:
+        parser.add_argument("--only", help=only)
     for name, help in flags.items():
         parser.add_argument(f"--{name}", action="store_true", help=help)
     return parser.parse_args(argv)
@@ -77,20 +80,24 @@ def options(doc: str, quick: str, out: str, argv=None, default_out: Path = RESUL
 
 # ---------------------------------------------------------------- statistics
 
-def summary(samples_ms: list[float]) -> dict:
-    """n, p50, p95, p99 (the value at position round(q/100 * (n - 1))), mean and min of timings in ms."""
-    xs = sorted(samples_ms)
-    pick = lambda q: round(xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))], 2)  # noqa: E731
-    return {"n": len(xs), "p50": pick(50), "p95": pick(95), "p99": pick(99),
-            "mean": round(statistics.fmean(xs), 2), "min": round(xs[0], 2)} if xs else {"n": 0}
+def percentile(values: list[float], q: float) -> float | None:
+    """The value at position round(q/100 * (n - 1)) of the n values sorted: every percentile here but wrk's."""
+    xs = sorted(values)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else None
+
+
+def summary(xs: list[float]) -> dict:
+    """n, p50, p95, p99, mean and min of timings in ms."""
+    return {"n": len(xs), **{f"p{q}": round(percentile(xs, q), 2) for q in (50, 95, 99)},
+            "mean": round(statistics.fmean(xs), 2), "min": round(min(xs), 2)} if xs else {"n": 0}
 
 
 def median(xs: list[float]) -> float | None:
     return round(statistics.median(xs), 3) if xs else None
 
 
-def ratio(a: float | None, b: float | None, digits: int = 2) -> float | None:
-    return round(a / b, digits) if a is not None and b else None
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
 
 
 # ---------------------------------------------------------------- load: wrk
@@ -134,7 +141,7 @@ def wrk(ctx: Context, url: str, body: bytes, seconds: float, conc: int, http10: 
            str(ctx.work / "bench.lua"), url]
     env = dict(os.environ, BENCH_BODY=str(ctx.work / "body.bin"), BENCH_CTYPE="image/jpeg",
                BENCH_HTTP10=str(int(http10)))
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 90)
+    out = run_bounded(cmd, timeout=seconds + 90, env=env)
     line = next((l for l in out.stdout.splitlines() if l.startswith("BENCHJSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
@@ -180,25 +187,33 @@ def unloaded(srv: Server, body: bytes, n: int) -> dict:
             "in_app_ms": inside, "outside_app_ms_p50": round(rt["p50"] - inside["p50"], 2)}
 
 
+def small_photo() -> bytes:
+    """The photo of the runs of their own: the cat at 256x256, JPEG at PIL's default quality."""
+    return images.encode(images.photo().resize((256, 256)), "JPEG")
+
+
+def post(url: str, body: bytes) -> tuple[int, float]:
+    """One photo to URL/infer?format=png: (status, seconds)."""
+    t0 = time.perf_counter()
+    return requests.post(url + PNG, data=body, timeout=60).status_code, time.perf_counter() - t0
+
+
 # ---------------------------------------------------------------- /proc: memory and CPU
 
-def uwsgi_instances(run_dir: Path | None) -> list[dict]:
-    """The stats of every uWSGI whose stats socket is in run_dir (stats.sock, stats1.sock, ...)."""
-    stats = []
+def uwsgi_instances(run_dir: Path | None) -> dict[str, dict]:
+    """The stats of every uWSGI whose stats socket is in run_dir, by its name (stats1.sock: ...)."""
+    stats = {}
     for sock in sorted(Path(run_dir).rglob("stats*.sock")) if run_dir else []:
         try:
-            stats.append(uwsgi_stats(sock))
-        except OSError:
+            stats[sock.name] = uwsgi_stats(sock)
+        except (OSError, ValueError):  # not up yet, or gone
             pass
     return stats
 
 
-def wait_workers(run_dir: Path, expected: int, timeout: float = 240) -> None:
-    """Until every uWSGI worker under run_dir has loaded the app (lazy-apps loads after the fork)."""
-    def ready():
-        workers = [w for s in uwsgi_instances(run_dir) for w in s["workers"]]
-        return len(workers) >= expected and all(w.get("apps") and w["pid"] > 0 for w in workers)
-    wait_for(ready, timeout=timeout, interval=0.2, what="every uWSGI worker to load the app")
+def uwsgi_workers(run_dir: Path | None) -> list[dict]:
+    """The workers of every uWSGI whose stats socket is in run_dir."""
+    return [w for s in uwsgi_instances(run_dir).values() for w in s["workers"]]
 
 
 def _read(path: str) -> str:
@@ -214,8 +229,7 @@ def memory_of(root_pid: int, run_dir: Path | None = None) -> dict:
     Rss counts every page a process maps; Pss splits each shared page between
     the processes sharing it, so Pss adds up (a prefork model counts once).
     """
-    stats = uwsgi_instances(run_dir)
-    masters, workers = {s["pid"] for s in stats}, {w["pid"] for s in stats for w in s["workers"]}
+    masters, workers = {s["pid"] for s in uwsgi_instances(run_dir).values()}, {w["pid"] for w in uwsgi_workers(run_dir)}
     rows = []
     for pid in [root_pid, *descendants(root_pid)]:
         name = _read(f"/proc/{pid}/comm").strip()
@@ -294,7 +308,7 @@ def machine() -> dict:
     from importlib.metadata import version
 
     def first_line(cmd):  # nginx -v and wrk -v: the version, on stderr or stdout
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20) if shutil.which(cmd[0]) else None
+        out = run_bounded(cmd, timeout=20) if shutil.which(cmd[0]) else None
         return (out.stderr or out.stdout).strip().splitlines()[0].split(" Copyright")[0] if out else "not found"
     info = dict(line.split(":", 1) for line in _read("/proc/cpuinfo").split("\n\n")[0].splitlines() if ":" in line)
     return {"cores": os.cpu_count(), "cpu_model": info.get("model name\t", "?").strip(),
@@ -302,3 +316,41 @@ def machine() -> dict:
             "memory_gib": round(int(_read("/proc/meminfo").split()[1]) / 1024 ** 2, 1), "os": platform.platform(),
             "python": platform.python_version(), "nginx": first_line(["nginx", "-v"]), "wrk": first_line(["wrk", "-v"]),
             "packages": {p: version(p) for p in ("torch", "torchvision", "pillow", "numpy", "uWSGI")}}
+
+
+# ---------------------------------------------------------------- processes and files of its own
+
+def child(work: Path, name: str, args: list[str], env: dict | None = None) -> Server:
+    """`python ARGS`, started through the harness (which stops it), logging to WORK/NAME.log."""
+    return started(name, [sys.executable, *args], work, env=env, cwd=ROOT)
+
+
+def result_of(server: Server, prefix: str = "RESULT ") -> dict:
+    """The JSON a child printed after PREFIX."""
+    line = next((line for line in server.log(100).splitlines() if line.startswith(prefix)), None)
+    if line is None:
+        raise RuntimeError(f"{server.name} printed no result:\n{server.log(30)}")
+    return json.loads(line[len(prefix):])
+
+
+def child_result(work: Path, name: str, args: list[str], timeout: float, env: dict | None = None) -> dict:
+    """A child run to its end: what it printed after RESULT."""
+    server = child(work, name, args, env)
+    try:
+        server.proc.wait(timeout=timeout)
+        return result_of(server)
+    finally:
+        stop(server)
+
+
+def run_meta(quick: bool, t0: float, **more) -> dict:
+    """The "meta" of a run of its own that started at monotonic T0."""
+    return {"quick": quick, "cores": os.cpu_count(), **more, "loadavg_after": list(os.getloadavg()),
+            "duration_s": round(time.monotonic() - t0, 1), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def written(out_dir: Path, name: str, result: dict) -> dict:
+    """RESULT written to OUT_DIR/NAME as JSON; returned."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / name).write_text(json.dumps(result, indent=1) + "\n")
+    return result

@@ -1,24 +1,21 @@
 """What measuring costs: images/s through lesson 05's stack (no metrics) and lesson 07's
 (the same stack with metrics, both exporters and Prometheus scraping every second).
 
-    python -m bench.metrics_overhead [--quick] [--out DIR]    # writes DIR/metrics_overhead.json
+    python -m bench.metrics_overhead [--quick] [--out DIR]    -> DIR/metrics_overhead.json (default: out/)
 
 How the two stacks take turns, and which of its numbers to trust: the guide's Benchmarks page.
 """
 
 from __future__ import annotations
 
-import json
-import statistics
-import subprocess
-import sys
+import shutil
 import time
 from pathlib import Path
 
 import requests
 
-from bench.measure import options
-from workshop.harness import concurrently, lesson_server
+from bench.measure import child_result, median, options, post, run_meta, summary, written
+from workshop.harness import concurrently, lesson_server, make_run_dir
 from workshop.images import photo_bytes
 from workshop.lessons import REFERENCE, ROOT
 
@@ -27,18 +24,13 @@ STACKS = {"off": "05_multi_upstream", "on": "07_metrics"}
 
 
 def _load(url: str, image: bytes, count: int) -> dict:
-    def one():
-        started = time.perf_counter()
-        r = requests.post(url + "/infer", data=image, params={"format": "png"}, timeout=60)
-        return r.status_code, time.perf_counter() - started
-
-    concurrently(one, times=2 * AT_ONCE, at_once=AT_ONCE)   # warm-up, not counted
+    concurrently(lambda: post(url, image), times=2 * AT_ONCE, at_once=AT_ONCE)   # warm-up, not counted
     started = time.perf_counter()
-    answers = concurrently(one, times=count, at_once=AT_ONCE)
+    answers = concurrently(lambda: post(url, image), times=count, at_once=AT_ONCE)
     elapsed = time.perf_counter() - started
-    failed = sum(status != 200 for status, _ in answers)
-    return {"images_per_s": round(count / elapsed, 2), "seconds": round(elapsed, 2), "failed": failed,
-            "p50_ms": round(1000 * statistics.median(s for _, s in answers), 1)}
+    return {"images_per_s": round(count / elapsed, 2), "seconds": round(elapsed, 2),
+            "failed": sum(status != 200 for status, _ in answers),
+            "p50_ms": summary([1000 * s for _, s in answers])["p50"]}
 
 
 def _scrape_ms(stack) -> float | None:
@@ -50,13 +42,12 @@ def _scrape_ms(stack) -> float | None:
     return round(1000 * float(result[0]["value"][1]), 2) if result else None
 
 
-# Run in a fresh process (multiprocess mode is chosen when prometheus_client is
-# imported): lesson 07's middleware and stage timer around a WSGI app that does
-# nothing but call three stages, against the same app bare.
+# Run in a process of its own (multiprocess mode is chosen when prometheus_client is
+# imported, PROMETHEUS_MULTIPROC_DIR set): lesson 07's middleware and stage timer
+# around a WSGI app that does nothing but call three stages, against the same app bare.
 PER_REQUEST = r"""
-import json, os, sys, tempfile, timeit
+import json, os, sys, timeit
 lessons, calls = sys.argv[1], int(sys.argv[2])
-os.environ.update(PROMETHEUS_MULTIPROC_DIR=tempfile.mkdtemp(), SEG_WEIGHTS="random", SEG_TORCH_THREADS="1")
 sys.path[:0] = [os.path.join(lessons, "07_metrics"), os.path.join(lessons, "02_segmentation")]
 import instrumented
 
@@ -75,20 +66,22 @@ bare = make_app(bare_stage)
 measured = instrumented.measured(make_app(instrumented.timed("model", bare_stage)))
 def per_call(app):
     return min(timeit.repeat(lambda: app(environ, lambda *a: None), number=calls, repeat=5)) / calls
-print(json.dumps({"bare_us": per_call(bare) * 1e6, "measured_us": per_call(measured) * 1e6}))
+print("RESULT " + json.dumps({"bare_us": per_call(bare) * 1e6, "measured_us": per_call(measured) * 1e6}))
 """
 
 
 def _per_request_us(calls: int, lessons: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", PER_REQUEST, str(lessons), str(calls)],
-                         capture_output=True, text=True, timeout=300, check=True)
-    times = json.loads(out.stdout.strip().splitlines()[-1])
+    work = make_run_dir()
+    try:
+        times = child_result(work, "per-request", ["-c", PER_REQUEST, str(lessons), str(calls)], timeout=300,
+                             env={"PROMETHEUS_MULTIPROC_DIR": str(work)})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return {"added_us": round(times["measured_us"] - times["bare_us"], 1), "calls": calls}
 
 
 def run(out_dir: Path, quick: bool = False, lessons: Path = REFERENCE) -> dict:
-    count, rounds = (40, 1) if quick else (150, 2)
-    image = photo_bytes()
+    (count, rounds), t0, image = (40, 1) if quick else (150, 2), time.monotonic(), photo_bytes()
     runs: dict[str, list] = {"off": [], "on": []}
     scrape: list[float] = []
     for round_ in range(rounds):
@@ -101,19 +94,14 @@ def run(out_dir: Path, quick: bool = False, lessons: Path = REFERENCE) -> dict:
                 if metrics == "on" and (ms := _scrape_ms(stack)) is not None:
                     scrape.append(ms)
             print(f"[metrics_overhead] metrics {metrics}: {runs[metrics][-1]}", flush=True)
-    off, on = (round(statistics.median(r["images_per_s"] for r in runs[k]), 2) for k in ("off", "on"))
-    result = {
+    off, on = (round(median([r["images_per_s"] for r in runs[k]]), 2) for k in ("off", "on"))
+    return written(out_dir, "metrics_overhead.json", {
         "requests_per_run": count, "at_once": AT_ONCE, "rounds": rounds,
         "off": {"lesson": STACKS["off"], "images_per_s": off, "runs": runs["off"]},
         "on": {"lesson": STACKS["on"], "images_per_s": on, "runs": runs["on"],
-               "scrape_ms": round(statistics.median(scrape), 2) if scrape else None},
+               "scrape_ms": round(median(scrape), 2) if scrape else None},
         "overhead_pct": round(100 * (off - on) / off, 1),
-        "per_request": _per_request_us(2000 if quick else 20000, lessons),
-    }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+        "per_request": _per_request_us(2000 if quick else 20000, lessons), "meta": run_meta(quick, t0)})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""results.json -> results.md (tables) and chart.png. Numbers only: docs/benchmarks.md explains them.
+"""results.json -> results.md (tables) and chart.png; soak.json -> soak.png. Numbers only: the guide's
+Benchmarks page (docs/benchmarks.md) explains them.
 
     python -m bench.report bench/results     re-render from an existing results.json
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+from bench.measure import percentile
 
 
 def f(x, nd=1) -> str:
@@ -66,7 +69,7 @@ def other(r) -> str:
 
 def markdown(res: dict) -> str:
     meta, st, m, lim = res["meta"], res["stages"], res["meta"]["machine"], res.get("limits", {})
-    others = sorted(r["other_cpu_pct"] for r in res.get("headline", []) if r["other_cpu_pct"] is not None)
+    others = [r["other_cpu_pct"] for r in res.get("headline", []) if r["other_cpu_pct"] is not None]
     out = ["# Benchmark results", ""] + table("The run", ["what", "value"], [
         ["machine", f"{m['cores']} cores, {m['cpu_model']}, {m['memory_gib']} GiB RAM, bf16 instructions: "
                     f"{'yes' if m['bf16_instructions'] else 'no'}"],
@@ -75,16 +78,14 @@ def markdown(res: dict) -> str:
         ["command", f"`{meta['command']}`" + (" (quick: short runs, rough numbers)" if meta["quick"] else "")],
         ["started, took", f"{meta['started']}, {meta['duration_s']:.0f} s"],
         ["1-minute load average before, after", f"{meta['load_before'][0]}, {meta.get('load_after', ['–'])[0]}"],
-        ["CPU of other processes during the stages' runs", f"median {f(others[len(others) // 2] if others else 0, 0)}"
-                                                           f" %, max {f(max(others, default=0), 0)} % of one core"],
+        ["CPU of other processes during the stages' runs", f"median {f(percentile(others, 50) or 0, 0)} %, "
+                                                           f"max {f(max(others, default=0), 0)} % of one core"],
         ["photo", meta["photo"]]])
     out += table("The stages side by side", ["stage", "setting", "images/s:", "× forward:", "× pipeline:", "p50 ms:",
                                              "p95 ms:", "p99 ms:", "failed:", "RSS/worker MB:", "other CPU %:"],
                  [[r["stage"], r["setting"], f(r["images_per_s"]), f(r["x_forward"], 2), f(r["x_pipeline"], 2),
                    *lat(r, "p50", "p95", "p99"), failed(r), f(r["rss_mb_per_worker"], 0), f(r["other_cpu_pct"], 0)]
                   for r in res.get("headline", [])])
-    out += [f"× forward: against the forward-pass limit, {f(lim.get('forward_images_per_s'))} images/s (the mean of "
-            f"its runs); × pipeline: against the app's pipeline, {f(lim.get('pipeline_images_per_s'))} images/s.", ""]
     out += table("The workshop's targets", ["target", "measured", "met?"],
                  [[t["target"], t["measured"], {True: "yes", False: "**no**", None: "shown"}[t["met"]]]
                   for t in res.get("targets", [])])
@@ -176,17 +177,28 @@ def markdown(res: dict) -> str:
           other(r), f(r["cpu"]["machine_busy_pct"], 0)] for r in busy])
     errors = [[k, v["error"]] for k, v in st.items() if isinstance(v, dict) and "error" in v]
     out += table("Stages that failed in this run", ["stage", "error"], errors) if errors else []
-    return "\n".join(out + ["Every run, percentile, process and CPU share: `results.json`."]) + "\n"
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def figure(*grid, **size):
+    """plt.subplots(*GRID, **SIZE) with matplotlib's file-only backend: (the figure, its axes)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt.subplots(*grid, **size)
+
+
+def save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def chart(res: dict, path: Path) -> None:
     """Images/s per stage, then lesson 05's cost against the photo's size and against the connections."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    fig, (ax, by_size, by_conn) = figure(1, 3, figsize=(18, 5.5))
     st, meta, lim = res["stages"], res["meta"], res.get("limits", {})
-    fig, (ax, by_size, by_conn) = plt.subplots(1, 3, figsize=(18, 5.5))
     fig.suptitle(f"LRASPP on {meta['cores']} cores ({meta['machine']['cpu_model']})" + "  [quick run]" * meta["quick"])
     rows = res.get("headline", [])
     ax.barh(range(len(rows)), [r["images_per_s"] for r in rows],
@@ -228,9 +240,37 @@ def chart(res: dict, path: Path) -> None:
         a.title.set_fontsize(9)
         if a is not ax:
             a.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
+
+
+def by_process(samples: list[dict]) -> dict[int, list[dict]]:
+    """soak.json's samples by worker process (pid), in the order they first appear."""
+    by_pid: dict[int, list[dict]] = {}
+    for s in samples:
+        by_pid.setdefault(s["pid"], []).append(s)
+    return by_pid
+
+
+def soak_chart(result: dict, path: Path) -> None:
+    """The RSS of every worker process over the soak, with its recycles."""
+    colors, labelled = {"unix": "tab:blue", "tcp": "tab:orange"}, set()
+    fig, ax = figure(figsize=(9, 4.5))
+    for seen in by_process(result["samples"]).values():
+        upstream = seen[0]["upstream"]
+        label = None if upstream in labelled else f"upstream {upstream} (one line per worker process)"
+        labelled.add(upstream)
+        seen = [s for s in seen if s["rss_mb"] > 0]   # 0 until the new worker has answered once
+        ax.plot([s["t"] for s in seen], [s["rss_mb"] for s in seen], color=colors[upstream], lw=1.2, label=label)
+    for i, r in enumerate(result["recycles"]):
+        ax.axvline(r["t"], color=colors[r["upstream"]], ls=":", lw=1, label=None if i else "recycle (max-requests)")
+    if result["reload_on_rss_mb"]:
+        ax.axhline(result["reload_on_rss_mb"], color="tab:red", ls="--", lw=1, label="reload-on-rss")
+    ax.set(xlabel="seconds since the load started", ylabel="worker RSS (MiB)",
+           title=f"Lesson 05, {result['requests']} requests, {result['at_once']} at a time: "
+                 f"{result['failed']} failed, {len(result['recycles'])} recycles")
+    ax.legend(loc="center right", fontsize=8)
+    ax.grid(alpha=0.3)
+    save(fig, path)
 
 
 def write(res: dict, folder: Path) -> None:

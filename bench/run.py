@@ -13,22 +13,19 @@ app's whole pipeline run the same way.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sys
 import time
 import traceback
-from pathlib import Path
 
 from bench import report, serving
-from bench.measure import RESULTS, Context, CpuWindow, loadavg, log, machine, ratio, summary
+from bench.measure import (Context, CpuWindow, child, child_result, loadavg, log, machine, options, ratio, result_of,
+                           summary, written)
 from bench.report import rows_of
 from workshop import images
-from workshop.harness import make_run_dir, started, stop
-from workshop.lessons import REFERENCE, ROOT
-from workshop.procs import Server
+from workshop.harness import make_run_dir, stop
 
 # The photo sizes: scikit-image's cat, stretched. --quick measures two of them.
 SIZES = [("256x256", 256, 256), ("0.5 MP", 816, 612), ("2 MP", 1632, 1224), ("12 MP", 4000, 3000),
@@ -36,30 +33,17 @@ SIZES = [("256x256", 256, 256), ("0.5 MP", 816, 612), ("2 MP", 1632, 1224), ("12
 QUICK_SIZES = ("256x256", "12 MP")
 
 
-def inproc(ctx: Context, name: str, args: list[str]) -> Server:
-    """`python -m bench.inproc ARGS`, started through the harness, logging to ctx.work/NAME.log."""
-    return started(name, [sys.executable, "-m", "bench.inproc", "--lessons", str(ctx.lessons), *args], ctx.work,
-                   cwd=ROOT)
-
-
-def result_of(server, prefix: str = "RESULT ") -> dict:
-    line = next((line for line in server.log(100).splitlines() if line.startswith(prefix)), None)
-    if line is None:
-        raise RuntimeError(f"{server.name} printed no result:\n{server.log(30)}")
-    return json.loads(line[len(prefix):])
+def inproc(ctx: Context, *args: str) -> list[str]:
+    """The arguments of `python -m bench.inproc ARGS` (a child of measure.child)."""
+    return ["-m", "bench.inproc", "--lessons", str(ctx.lessons), *args]
 
 
 def model(ctx: Context) -> dict:
     """One process, one torch thread: the levers step by step, layouts, precision, batches, formats."""
     log("model: before/after profile, layouts, precision, batching, PNG vs JSON")
     (ctx.work / "photos.json").write_text(json.dumps(ctx.photos))
-    server = inproc(ctx, "model", ["model", "--photos", str(ctx.work / "photos.json"), "--weights-out",
-                                   str(ctx.work / "weights.pth")] + ["--quick"] * ctx.quick)
-    try:
-        server.proc.wait(timeout=900)
-        return result_of(server)
-    finally:
-        stop(server)
+    args = ["--photos", str(ctx.work / "photos.json"), "--weights-out", str(ctx.work / "weights.pth")]
+    return child_result(ctx.work, "model", inproc(ctx, "model", *args, *["--quick"] * ctx.quick), timeout=900)
 
 
 def limit_run(ctx: Context, what: list[str]) -> dict:
@@ -67,28 +51,28 @@ def limit_run(ctx: Context, what: list[str]) -> dict:
     image = next(p["path"] for p in ctx.photos if p["label"] == "256x256")
     for old in [*ctx.work.glob("go-*"), *ctx.work.glob("done-*"), *ctx.work.glob("limit-*.log")]:
         old.unlink()
-    children = [inproc(ctx, f"limit-{i}", ["limit", ",".join(what), "--image", image, "--signals", str(ctx.work),
-                                           "--seconds", str(ctx.limit_seconds), "--warmup", "1" if ctx.quick else "4"])
-                for i in range(ctx.cores)]
+    children = [child(ctx.work, f"limit-{i}", inproc(ctx, "limit", ",".join(what), "--image", image, "--signals",
+                                                     str(ctx.work), "--seconds", str(ctx.limit_seconds),
+                                                     "--warmup", "1" if ctx.quick else "4")) for i in range(ctx.cores)]
     out = {}
     try:
         for phase in what:
             log(f"limit: {phase}, {ctx.cores} processes x 1 torch thread, {ctx.limit_seconds:.0f} s")
-            for child in children:
-                child.wait_log(f"READY {phase}", timeout=180)
+            for c in children:
+                c.wait_log(f"READY {phase}", timeout=180)
             with CpuWindow(exited_children=None) as cpu:
                 (ctx.work / f"go-{phase}").touch()
-                for child in children:
-                    child.wait_log(f"RESULT {phase} ", timeout=ctx.limit_seconds + 120)
+                for c in children:
+                    c.wait_log(f"RESULT {phase} ", timeout=ctx.limit_seconds + 120)
             (ctx.work / f"done-{phase}").touch()  # they idled until now, for the CpuWindow to count them
-            runs = [result_of(child, f"RESULT {phase} ") for child in children]
+            runs = [result_of(c, f"RESULT {phase} ") for c in children]
             samples = [x for r in runs for x in r["samples_ms"]]
             out[phase] = {"processes": ctx.cores, "torch_threads": 1, "input": runs[0]["input"],
                           "images_per_s": round(sum(len(r["samples_ms"]) / r["seconds"] for r in runs), 2),
                           "latency_ms": summary(samples), "cpu": cpu.result}
     finally:
-        for child in children:
-            stop(child)
+        for c in children:
+            stop(c)
     return out
 
 
@@ -171,18 +155,14 @@ def targets(st: dict, cores: int, forward: float | None) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: short runs, fewer settings")
-    parser.add_argument("--out", default=str(RESULTS), help="where to write the results")
-    parser.add_argument("--lessons", default=str(REFERENCE), help="the lessons to measure")
-    parser.add_argument("--only", help="comma-separated stages to run: " + ",".join(n for n, _ in STAGES))
-    args = parser.parse_args(argv)
+    args = options(__doc__, "smoke run: short runs, fewer settings", "where to write the results", argv,
+                   prog="python -m bench", only="comma-separated stages to run: " + ",".join(n for n, _ in STAGES))
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install wrk (./workshop.sh setup does it)", file=sys.stderr)
         return 1
     os.environ["SEG_PRECISION"] = "fp32"  # every server runs the default; bf16 is compared in-process
-    ctx = Context(quick=args.quick, cores=os.cpu_count() or 1, lessons=Path(args.lessons).resolve(),
-                  work=Path(make_run_dir()), photos=[], out=Path(args.out))
+    ctx = Context(quick=args.quick, cores=os.cpu_count() or 1, lessons=args.lessons.resolve(), work=make_run_dir(),
+                  photos=[], out=args.out)
     ctx.out.mkdir(parents=True, exist_ok=True)
     if ctx.quick:
         ctx.seconds, ctx.curve_seconds, ctx.limit_seconds = 2, 1, 2
@@ -218,11 +198,9 @@ def main(argv=None) -> int:
         shutil.rmtree(ctx.work, ignore_errors=True)
     res["meta"].update(load_after=loadavg(), duration_s=round(time.time() - t0, 1))
     derive(res)
-    out = ctx.out
-    (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
-    report.write(res, out)
+    report.write(written(ctx.out, "results.json", res), ctx.out)
     failed = [k for k, v in res["stages"].items() if isinstance(v, dict) and "error" in v]
-    log(f"done in {res['meta']['duration_s']:.0f} s: {out}/results.json, results.md, chart.png"
+    log(f"done in {res['meta']['duration_s']:.0f} s: {ctx.out}/results.json, results.md, chart.png"
         + (f"; stages with errors: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

@@ -4,17 +4,33 @@ workshop.harness.lesson_server, which stops it and its process tree, also when a
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import time
 
 import requests
 
-from bench.measure import PNG, Context, cpu_seconds, load, log, memory_of, unloaded, uwsgi_instances, wait_workers
+from bench.measure import PNG, Context, cpu_seconds, load, log, memory_of, unloaded, uwsgi_instances, uwsgi_workers
 from workshop.harness import concurrently, lesson_server, readyz_of_every_worker
 from workshop.procs import wait_for
 
 START = 240  # seconds a stack may take to get ready (lazy-apps on a busy machine is slow)
+
+
+@contextlib.contextmanager
+def stack(ctx: Context, lesson: str, processes: int, mode: str = "prefork", env: dict | None = None,
+          workers: int | None = None):
+    """LESSON's run.sh --processes PROCESSES (--lazy-apps too in that mode), once ready and every one of
+    its WORKERS (default: PROCESSES) has loaded the app."""
+    args = ["--processes", str(processes)] + ["--lazy-apps"] * (mode == "lazy-apps")
+
+    def loaded(srv):  # lazy-apps loads the app after the fork
+        ws = uwsgi_workers(srv.run_dir)
+        return len(ws) >= (workers or processes) and all(w.get("apps") and w["pid"] > 0 for w in ws)
+    with lesson_server(ctx.lessons, lesson, args=args, env=env, timeout=START) as srv:
+        wait_for(lambda: loaded(srv), timeout=START, interval=0.2, what="every uWSGI worker to load the app")
+        yield srv
 
 
 def lesson02(ctx: Context) -> list[dict]:
@@ -28,21 +44,17 @@ def fork(ctx: Context) -> list[dict]:
     """Lesson 03's torch and fork: prefork (random weights run a forward pass in the master, a weights
     file does not) or lazy-apps, 1 or `cores` torch threads. Rounds of `cores` requests go out until
     every worker has answered; one silent for hang_timeout seconds after the fork is hung."""
-    configs = []
-    for threads in [1] if ctx.quick else [1, ctx.cores]:
-        kinds = [("prefork", "random"), ("prefork", "file"), ("lazy-apps", "random")]
-        for mode, weights in kinds[:1] if ctx.quick else kinds:
-            configs.append((mode, weights, threads, ["--lazy-apps"] * (mode == "lazy-apps"), {
-                "SEG_WEIGHTS": str(ctx.work / "weights.pth") if weights == "file" else "random",
-                "SEG_TORCH_THREADS": str(threads)}))
-    rows = []
-    for mode, weights, threads, args, env in configs:
+    kinds, rows = [("prefork", "random"), ("prefork", "file"), ("lazy-apps", "random")], []
+    for threads, (mode, weights) in itertools.product([1] if ctx.quick else [1, ctx.cores],
+                                                      kinds[:1] if ctx.quick else kinds):
         log(f"fork: {mode}, weights {weights}, {threads} torch thread(s)")
         row = {"mode": mode, "weights": weights, "torch_threads": threads, "workers": ctx.cores,
                "request_timeout_s": ctx.hang_timeout}
+        env = {"SEG_WEIGHTS": str(ctx.work / "weights.pth") if weights == "file" else "random",
+               "SEG_TORCH_THREADS": str(threads)}
         try:
-            with lesson_server(ctx.lessons, "03_uwsgi", args=["--processes", str(ctx.cores), *args], env=env,
-                               wait=False) as srv:
+            with lesson_server(ctx.lessons, "03_uwsgi", args=["--processes", str(ctx.cores)] + ["--lazy-apps"] *
+                               (mode == "lazy-apps"), env=env, wait=False) as srv:
                 row.update(_after_fork(ctx, srv))
         except Exception as exc:  # keep the other rows
             row.update(result="error", error=f"{type(exc).__name__}: {exc}"[:2000])
@@ -54,7 +66,7 @@ def _after_fork(ctx: Context, srv) -> dict:
     def workers():
         if not srv.alive():
             raise RuntimeError(f"run.sh exited during start-up:\n{srv.log(30)}")
-        return [w for s in uwsgi_instances(srv.run_dir) for w in s["workers"]]
+        return uwsgi_workers(srv.run_dir)
     wait_for(lambda: len(ws := workers()) >= ctx.cores and all(w["pid"] > 0 for w in ws), timeout=120,
              interval=0.2, what="uWSGI to fork its workers")
     forked_at, first, pids = time.monotonic(), {}, set()
@@ -80,7 +92,7 @@ def _after_fork(ctx: Context, srv) -> dict:
     silent = sorted(pids - set(first)) if len(first) < ctx.cores else []
     row = {"result": "hang" if silent else "ok", "workers_answered": min(len(first), ctx.cores),
            "first_answer_after_fork_s": sorted(first.values()), "memory": memory_of(srv.pid, srv.run_dir)}
-    for pid in silent + [s["pid"] for s in uwsgi_instances(srv.run_dir)] * bool(silent):
+    for pid in silent + [s["pid"] for s in uwsgi_instances(srv.run_dir).values()] * bool(silent):
         with contextlib.suppress(ProcessLookupError):  # hung workers ignore SIGTERM: end this uWSGI, by pid
             os.kill(pid, signal.SIGKILL)
     return row
@@ -97,9 +109,7 @@ def sweep(ctx: Context) -> list[dict]:
             [(ctx.cores, 1, True)] * (not ctx.quick):  # and prefork vs lazy-apps at one worker per core
         mode = "lazy-apps" if lazy else "prefork"
         log(f"lesson 03 sweep: {workers} workers x {threads} torch threads, {mode}")
-        with lesson_server(ctx.lessons, "03_uwsgi", args=["--processes", str(workers)] + ["--lazy-apps"] * lazy,
-                           env={"SEG_TORCH_THREADS": str(threads)}, timeout=START) as srv:
-            wait_workers(srv.run_dir, workers)
+        with stack(ctx, "03_uwsgi", workers, mode, {"SEG_TORCH_THREADS": str(threads)}) as srv:
             rows.append({**load(ctx, srv, ctx.body, http10=True), "workers": workers,
                          "torch_threads": threads, "mode": mode,
                          "label": f"lesson 03: uWSGI {workers}w x {threads}t {mode}",
@@ -128,9 +138,7 @@ def gpu(ctx: Context) -> list[dict] | dict:
     rows = []
     for workers in [2] if ctx.quick else [1, 2]:
         log(f"lesson 03 on {torch.cuda.get_device_name(0)}: {workers} worker(s)")
-        with lesson_server(ctx.lessons, "03_uwsgi", args=["--processes", str(workers)],
-                           env={"SEG_DEVICE": "cuda"}, timeout=START) as srv:
-            wait_workers(srv.run_dir, workers)
+        with stack(ctx, "03_uwsgi", workers, env={"SEG_DEVICE": "cuda"}) as srv:
             row = {**load(ctx, srv, ctx.body), "workers": workers, "device": "cuda:0",
                    "gpu": torch.cuda.get_device_name(0), "label": f"lesson 03: uWSGI {workers}w on cuda:0"}
             row["gpu_memory_mb_per_worker"] = [info["gpu"]["memory_reserved_mb"] for info in
@@ -149,17 +157,11 @@ def best_layout(ctx: Context) -> dict:
     return {k: next((r for r in same if r["mode"] == "prefork"), top)[k] for k in ("workers", "torch_threads", "mode")}
 
 
-def _stack(ctx: Context, lesson: str, workers: int, layout: dict):
-    args = ["--processes", str(workers)] + ["--lazy-apps"] * (layout["mode"] == "lazy-apps")
-    log(f"{lesson}: {' '.join(args)}, {layout['torch_threads']} torch thread(s)")
-    return lesson_server(ctx.lessons, lesson, args=args, env={"SEG_TORCH_THREADS": str(layout["torch_threads"])},
-                         timeout=START)
-
-
 def lesson04(ctx: Context) -> list[dict]:
     best = best_layout(ctx)
-    with _stack(ctx, "04_nginx", best["workers"], best) as srv:
-        wait_workers(srv.run_dir, best["workers"])
+    log(f"lesson 04: {best['workers']} workers x {best['torch_threads']} torch thread(s), {best['mode']}")
+    threads = {"SEG_TORCH_THREADS": str(best["torch_threads"])}
+    with stack(ctx, "04_nginx", best["workers"], best["mode"], threads) as srv:
         return [{**load(ctx, srv, ctx.body), **best, "memory": memory_of(srv.pid, srv.run_dir),
                  "label": f"lesson 04: nginx -> uWSGI {best['workers']}w x {best['torch_threads']}t {best['mode']}"}]
 
@@ -170,8 +172,9 @@ def lesson05(ctx: Context) -> dict:
     per = max(1, best["workers"] // 2)  # the best layout, split over the two upstreams
     setting = {"workers": 2 * per, "workers_per_upstream": per, "torch_threads": best["torch_threads"],
                "mode": best["mode"]}
-    with _stack(ctx, "05_multi_upstream", per, best) as srv:
-        wait_workers(srv.run_dir, 2 * per)
+    log(f"lesson 05: 2 x {per} workers x {best['torch_threads']} torch thread(s), {best['mode']}")
+    with stack(ctx, "05_multi_upstream", per, best["mode"], {"SEG_TORCH_THREADS": str(best["torch_threads"])},
+               workers=2 * per) as srv:
         by_connections, by_size = [], []
         for conc in (1, 2, 4) if ctx.quick else (1, 2, 4, 8, 16):
             log(f"  {conc} connections")

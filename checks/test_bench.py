@@ -7,6 +7,7 @@ are there, that every target says whether it was met, and that the files exist.
 """
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -90,3 +91,22 @@ def test_every_target_says_whether_it_was_met(quick):
     for t in targets:
         met = {True: "yes", False: "**no**", None: "shown"}[t["met"]]
         assert f"| {t['target']} | {t['measured']} | {met} |" in text, f"results.md does not say: {t}"
+
+
+def test_one_percentile_rule():
+    """Every percentile but wrk's comes from bench/measure.py's percentile(): no module keeps a rule of its own."""
+    own = [p.name for p in sorted((ROOT / "bench").glob("*.py"))
+           if re.search(r"^def (percentile|median|quantiles?)\b", p.read_text(), re.M)]
+    assert own == ["measure.py"], f"percentile or median rules outside bench/measure.py: {own}"
+
+
+def test_soak_report_rederives_the_committed_soak_json(tmp_path):
+    """`python -m bench.soak --report` rewrites the committed soak.json byte for byte (the figures
+    derived from its samples are computed the way the committed run computed them)."""
+    from bench import soak
+
+    committed = ROOT / "bench/results/soak.json"
+    shutil.copy(committed, tmp_path / "soak.json")
+    assert soak.main(["--report", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "soak.json").read_bytes() == committed.read_bytes()
+    assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
