@@ -101,6 +101,14 @@ def test_engine_dev_container_post_create_sets_everything_up(box):
 
 
 @engine_check
+def test_engine_dev_container_uwsgi_speaks_tls(box):
+    # pip compiles uWSGI there; without OpenSSL's headers it has no ssl-socket (lessons 05-08)
+    out = box.run(".venv/bin/uwsgi --help", timeout=60)
+    assert "--ssl-socket" in out.stdout, \
+        f"the dev container's uWSGI has no ssl-socket: was it compiled without libssl-dev?\n{out.stderr[-2000:]}"
+
+
+@engine_check
 def test_engine_dev_container_login_shell_finds_nginx(box):
     # the editor's terminal: a login shell, whose /etc/profile drops /usr/sbin for non-root users
     out = box.run("command -v nginx && nginx -v", timeout=60)
