@@ -48,7 +48,11 @@ def start_hosts(lessons, balance: str = ""):
                      env={"PORT": str(free_port()), "RUN_DIR": str(run_dir), "BALANCE": balance})
     server.url = f"http://127.0.0.1:{server.env['PORT']}"
     server.run_dir = run_dir
-    server.wait_log("[run] ready:", timeout=240)
+    try:
+        server.wait_log("[run] ready:", timeout=240)
+    except BaseException:
+        stop(server)   # a start that failed leaves no run folder either
+        raise
     return server
 
 
