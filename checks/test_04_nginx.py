@@ -189,17 +189,6 @@ def test_browser_at_the_uwsgi_socket_is_the_classic_mistake(stack):
     assert segment(stack).status_code == 200
 
 
-def test_stopped_uwsgi_gives_502_as_json(lessons):
-    with lesson_server(lessons, LESSON) as server:
-        master = int((server.run_dir / "uwsgi.pid").read_text())
-        os.kill(master, signal.SIGTERM)
-        wait_for(lambda: not (server.run_dir / "inference.sock").exists(), timeout=30,
-                 what="uWSGI to stop and remove its socket")
-        r = segment(server)
-        assert r.status_code == 502
-        assert "uWSGI" in r.json()["error"], "the 502 should say, in JSON, that no uWSGI server answered"
-
-
 def _wrapped(site: str, tmp_path):
     """A minimal main config around a site file, as /etc/nginx/nginx.conf does."""
     shutil.copy(nginx.UWSGI_PARAMS, tmp_path / "uwsgi_params")
@@ -236,3 +225,14 @@ def test_systemd_unit_is_valid(lessons, tmp_path):
     out = subprocess.run(["systemd-analyze", "verify", str(local_unit)], capture_output=True, text=True)
     problems = [line for line in out.stderr.splitlines() if "uwsgi-inference" in line]
     assert not problems, "\n".join(problems)
+
+
+# Last in this file: it stops the module's uWSGI, so that no check after it may use `stack`.
+def test_stopped_uwsgi_gives_502_as_json(stack):
+    master = int((stack.run_dir / "uwsgi.pid").read_text())
+    os.kill(master, signal.SIGTERM)
+    wait_for(lambda: not (stack.run_dir / "inference.sock").exists(), timeout=30,
+             what="uWSGI to stop and remove its socket")
+    r = segment(stack)
+    assert r.status_code == 502
+    assert "uWSGI" in r.json()["error"], "the 502 should say, in JSON, that no uWSGI server answered"

@@ -48,7 +48,11 @@ def start_hosts(lessons, balance: str = ""):
                      env={"PORT": str(free_port()), "RUN_DIR": str(run_dir), "BALANCE": balance})
     server.url = f"http://127.0.0.1:{server.env['PORT']}"
     server.run_dir = run_dir
-    server.wait_log("[run] ready:", timeout=240)
+    try:
+        server.wait_log("[run] ready:", timeout=240)
+    except BaseException:
+        stop(server)   # a start that failed leaves no run folder either
+        raise
     return server
 
 
@@ -58,11 +62,46 @@ def stop(server) -> None:
     shutil.rmtree(server.run_dir, ignore_errors=True)
 
 
+class Hosts:
+    """This module's hosts.sh runs, one at a time: the checks share the one running.
+
+    get(balance) gives the running one if it balances so, else stops it and
+    starts one that does; take() hands the running one (any balance) over to
+    a check that ends it itself. Every run started is kept in `started`.
+    """
+
+    def __init__(self, lessons):
+        self.lessons, self.server, self.balance, self.started = lessons, None, None, []
+
+    def get(self, balance: str = ""):
+        if self.server is None or self.balance != balance or not self.server.alive():
+            self.stop()
+            self.server, self.balance = start_hosts(self.lessons, balance), balance
+            self.started.append(self.server)
+        return self.server
+
+    def take(self):
+        server = self.server if self.server is not None and self.server.alive() else self.get()
+        self.server = None
+        return server
+
+    def stop(self) -> None:
+        if self.server is not None:
+            stop(self.server)
+            self.server = None
+
+
 @pytest.fixture(scope="module")
-def stack(lessons):
-    server = start_hosts(lessons)
-    yield server
-    stop(server)
+def hosts(lessons):
+    runs = Hosts(lessons)
+    yield runs
+    runs.stop()
+
+
+@pytest.fixture
+def stack(hosts):
+    """The round-robin run (nginx's default balance)."""
+    return hosts.get("")
 
 
 def readyz(stack) -> requests.Response:
@@ -156,20 +195,19 @@ def test_packet_loss_is_described_not_asserted(stack):
     assert sum(statuses.values()) == 90
 
 
-def test_least_conn_gives_a_slow_host_fewer_requests(lessons, stack):
+def test_least_conn_gives_a_slow_host_fewer_requests(hosts):
+    rr_stack = hosts.get("")
     how = netns.slow("ws08-h2")
     try:
-        rr, rr_times, rr_statuses = spread(stack, 90, 6)
+        rr, rr_times, rr_statuses = spread(rr_stack, 90, 6)
     finally:
         netns.clear("ws08-h2")
-    stop(stack)    # the round-robin stack makes way for a least_conn one (same network)
-    lc_stack = start_hosts(lessons, balance="least_conn")
+    lc_stack = hosts.get("least_conn")   # the round-robin run makes way (same network)
     try:
         netns.slow("ws08-h2")
         lc, lc_times, lc_statuses = spread(lc_stack, 90, 6)
     finally:
         netns.clear("ws08-h2")
-        stop(lc_stack)
     slow = f"{NET}.2:8001"
     print(f"\n{how}: round-robin {dict(rr)} p99 {p99(rr_times):.2f} s; "
           f"least_conn {dict(lc)} p99 {p99(lc_times):.2f} s")
@@ -179,9 +217,9 @@ def test_least_conn_gives_a_slow_host_fewer_requests(lessons, stack):
         f"least_conn gave the slow host {lc[slow]} of 90, round-robin {rr[slow]}: least_conn; missing?"
 
 
-def test_a_crash_leaves_what_a_second_run_removes(lessons, stack):
-    stop(stack)   # (already stopped by the test above; stopping twice is harmless)
-    crashed = start_hosts(lessons)
+def test_a_crash_leaves_what_a_second_run_removes(lessons, hosts):
+    # The run the check above left (least_conn; the balance plays no part here), or a new one.
+    crashed = hosts.take()
     script = lessons / "08_cluster" / "hosts.sh"
     pids = [int((crashed.run_dir / f).read_text()) for f in
             ("uwsgi1.pid", "h2/uwsgi2.pid", "h3/uwsgi2.pid", "nginx/nginx.pid")]
@@ -197,11 +235,14 @@ def test_a_crash_leaves_what_a_second_run_removes(lessons, stack):
     assert netns.leftovers() == {"namespaces": [], "links": [], "pids": []}, netns.leftovers()
 
 
-def test_nothing_is_left_after_the_run(stack):
-    stop(stack)
+def test_nothing_is_left_after_the_run(hosts):
+    if not hosts.started:
+        hosts.get("")   # this check alone: a run to end first
+    hosts.stop()
     left = netns.leftovers()
     assert left == {"namespaces": [], "links": [], "pids": []}, f"left behind: {left}"
-    ours = subprocess.run(["pgrep", "-f", str(stack.run_dir)], capture_output=True, text=True).stdout
-    assert not ours.strip(), f"processes of the run still running: {ours}"
+    for run in hosts.started:
+        ours = subprocess.run(["pgrep", "-f", str(run.run_dir)], capture_output=True, text=True).stdout
+        assert not ours.strip(), f"processes of the run in {run.run_dir} still running: {ours}"
     route = subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
     assert f"{NET}." not in route, f"a route to the lesson's network is left: {route}"
