@@ -16,6 +16,9 @@ from workshop.lessons import ROOT
 
 GUIDE_PICTURE = ROOT / "docs/assets/lessons/07-load-run.png"
 RATE_WINDOW = 5 + 2   # rules.yml's rate window, plus a scrape and an evaluation
+# picture.py kills upstream 2 for the middle third: 9 s, so that a few scrapes
+# fall after the rate window has forgotten it (RATE_WINDOW + 2).
+SECONDS = 27
 
 
 def series_of(png) -> dict:
@@ -38,6 +41,11 @@ def assert_shows_a_failover(data: dict, where: str) -> None:
     assert set(rate) == {"uwsgi1", "uwsgi2"}, f"{where}: requests/s drawn for {sorted(rate)}"
     assert max(values(rate["uwsgi2"], ev["start"], ev["killed"]), default=0) > 0, \
         f"{where}: upstream 2 served nothing before it was killed"
+    # Dead, its series has no points at all (a down target's rate goes stale), or zeros; but
+    # only a window of a few scrapes could catch a wrong one, so the run must leave one.
+    assert ev["restarted"] - (ev["killed"] + RATE_WINDOW) >= 2, \
+        f"{where}: upstream 2 was dead for {ev['restarted'] - ev['killed']:.0f} s, too short to see its rate " \
+        f"fall (the rate window is {RATE_WINDOW} s): run longer (--seconds)"
     dead = values(rate["uwsgi2"], ev["killed"] + RATE_WINDOW, ev["restarted"])
     assert not any(v > 0 for v in dead), f"{where}: upstream 2 shows traffic while it was dead: {dead}"
     assert max(values(rate["uwsgi2"], ev["serving"], ev["end"] + 2), default=0) > 0, \
@@ -65,7 +73,7 @@ def test_picture_draws_a_run_with_upstream_2_killed_and_back(lessons, tmp_path):
     out = tmp_path / "run.png"
     run_dir = make_run_dir()
     picture = started("picture", [sys.executable, str(lessons / "07_metrics" / "picture.py"),
-                                  "--seconds", "18", "--out", str(out)], run_dir=run_dir)
+                                  "--seconds", str(SECONDS), "--out", str(out)], run_dir=run_dir)
     try:
         code = picture.proc.wait(timeout=220)
     finally:
