@@ -229,7 +229,8 @@ def memory_of(root_pid: int, run_dir: Path | None = None) -> dict:
     Rss counts every page a process maps; Pss splits each shared page between
     the processes sharing it, so Pss adds up (a prefork model counts once).
     """
-    masters, workers = {s["pid"] for s in uwsgi_instances(run_dir).values()}, {w["pid"] for w in uwsgi_workers(run_dir)}
+    stats = uwsgi_instances(run_dir).values()   # one read: masters and workers of the same moment
+    masters, workers = {s["pid"] for s in stats}, {w["pid"] for s in stats for w in s["workers"]}
     rows = []
     for pid in [root_pid, *descendants(root_pid)]:
         name = _read(f"/proc/{pid}/comm").strip()

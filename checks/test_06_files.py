@@ -12,6 +12,7 @@ containers in test_06_engine.py.
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import subprocess
@@ -148,7 +149,7 @@ def test_uwsgi_sockets_are_locked_by_tls_with_the_certs_services_ca(lesson):
     mounts = {v["target"]: v for v in nginx.get("volumes", []) if v.get("source")}
     assert mounts.get("/etc/nginx/tls", {}).get("source") == "tls-nginx" and mounts["/etc/nginx/tls"].get("read_only"), \
         "nginx gets tls-nginx read-only at /etc/nginx/tls (the template's tls/, next to nginx.conf)"
-    holders = {v["source"]: set() for s in services.values() for v in s.get("volumes", []) if v.get("source")}
+    holders = collections.defaultdict(set)
     for name, service in services.items():
         for volume in service.get("volumes", []):
             if volume.get("source"):

@@ -3,8 +3,9 @@
 The very commands, environments and nginx templates that the compose file
 and the Dockerfiles give, started without a container engine: the app
 files laid out as the Dockerfile's COPY lines lay them out, the named
-volumes as temp folders (the `certs` service's certificates in them), service names resolved to 127.0.0.1, each
-container port on a free loopback port (workshop/hostrun.py). Proves that
+volumes as temp folders (the `certs` service's certificates in them),
+service names resolved to 127.0.0.1, each container port on a free
+loopback port (workshop/hostrun.py). Proves that
 the files fit together, in seconds; test_06_engine.py runs them in real
 containers.
 """

@@ -99,15 +99,18 @@ class HostRun:
                 env[key] = mapped
         return env
 
-    def command(self, name: str) -> list[str]:
-        """The service's command, its container paths (also in NAME=/path) pointing here."""
+    def args(self, name: str, argv: list[str]) -> list[str]:
+        """A command line of this container's, its container paths (also in NAME=/path) pointing here."""
         out = []
-        for arg in self.services[name]["command"]:
+        for arg in argv:
             key, sep, value = arg.rpartition("=")
             if value.startswith("/"):
                 arg = key + sep + self.path(name, value)
             out.append(sys.executable if arg == "python" else arg)
         return out
+
+    def command(self, name: str) -> list[str]:
+        return self.args(name, self.services[name]["command"])
 
     def mount(self, name: str, image: Image) -> None:
         """Lay the image out for this container, with a link to each named volume where it is mounted."""
@@ -121,9 +124,7 @@ class HostRun:
                 point.symlink_to(self.tmp / "volumes" / volume["source"])
 
     def healthcheck(self, name: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable if c == "python" else self.path(name, c) if c.startswith("/") else c
-               for c in self.app.healthcheck]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30,
+        return subprocess.run(self.args(name, self.app.healthcheck), capture_output=True, text=True, timeout=30,
                               env=base_env(self.env(name, self.app)))
 
     def start(self):
