@@ -378,11 +378,21 @@ def _python_messages(text: str):
         for part in parts:
             keep += [n for n in ast.walk(part) if isinstance(n, ast.JoinedStr)
                      or (isinstance(n, ast.Constant) and isinstance(n.value, str))]
-    seen = set()
+    lines, seen = text.encode().split(b"\n"), set()
     for node in keep:
         if (node.lineno, node.col_offset) not in seen:
             seen.add((node.lineno, node.col_offset))
-            yield node.lineno, ast.get_source_segment(text, node) or ""
+            yield node.lineno, source_of(lines, node)
+
+
+def source_of(lines: list[bytes], node: ast.expr) -> str:
+    """ast.get_source_segment(text, node), from the file's lines split once: that function
+    splits the whole file again at every call. Offsets are in UTF-8 bytes, as ast gives them."""
+    first, last = node.lineno - 1, node.end_lineno - 1
+    if first == last:
+        return lines[first][node.col_offset:node.end_col_offset].decode()
+    return b"\n".join([lines[first][node.col_offset:], *lines[first + 1:last],
+                        lines[last][:node.end_col_offset]]).decode()
 
 
 def messages(path: Path):
