@@ -171,6 +171,11 @@ class LoadRun:
     def done(self) -> int:
         return len(self.outcomes)
 
+    def unfinished(self) -> int:
+        """Requests begun whose outcome is not in (after the run: the ones still hanging)."""
+        with self._lock:
+            return self._next - len(self.outcomes)
+
     def __exit__(self, *exc):
         for t in self._threads:
             t.join(timeout=max(0.0, self.deadline - time.monotonic()) + 5)
