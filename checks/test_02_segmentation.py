@@ -4,6 +4,7 @@ import io
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -218,22 +219,50 @@ def test_bf16_precision_serves(lessons, reference):
         "bf16 gave exactly the fp32 mask, is autocast applied?" if agree == 1 else "too far from fp32's")
 
 
-def test_unknown_precision_stops_the_start_clearly(lessons):
-    run = subprocess.run([sys.executable, "inference.py"], cwd=lessons / LESSON, capture_output=True,
-                         text=True, timeout=120, env=base_env({"SEG_PRECISION": "fp16", "PORT": "1"}))
+DEVICES = ["cuda", "cuda:0", "tpu"]
+BAD_WEIGHTS = {"text": b"this is not a checkpoint", "wrong-shape": None}   # None: a state dict of the wrong shape
+
+
+@pytest.fixture(scope="module")
+def refused(lessons, tmp_path_factory) -> dict:
+    """`python inference.py` with each bad setting, by name: how its start ended.
+
+    Each spends seconds importing torch before it stops, so they run side by
+    side (one per core), once for this module's checks.
+    """
+    import torch
+
+    folder = tmp_path_factory.mktemp("weights")
+    for name, content in BAD_WEIGHTS.items():
+        if content is None:
+            torch.save({"backbone.0.0.weight": torch.zeros(1)}, folder / f"{name}.pth")
+        else:
+            (folder / f"{name}.pth").write_bytes(content)
+    devices = [d for d in DEVICES if not (d.startswith("cuda") and torch.cuda.is_available())]
+    settings = {"precision": {"SEG_PRECISION": "fp16"}, **{f"device {d}": {"SEG_DEVICE": d} for d in devices},
+                **{f"weights {name}": {"SEG_WEIGHTS": str(folder / f"{name}.pth")} for name in BAD_WEIGHTS}}
+
+    def start(env: dict) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "inference.py"], cwd=lessons / LESSON, capture_output=True,
+                              text=True, timeout=120, env=base_env({**env, "PORT": "1"}))
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(settings, pool.map(start, settings.values())))
+
+
+def test_unknown_precision_stops_the_start_clearly(refused):
+    run = refused["precision"]
     assert run.returncode != 0, "the app started with SEG_PRECISION=fp16"
     assert "SEG_PRECISION=fp16" in run.stderr and "Traceback" not in run.stderr, \
         f"expected one clear line naming the setting, got:\n{run.stderr[-1500:]}"
 
 
-@pytest.mark.parametrize("device", ["cuda", "cuda:0", "tpu"])
-def test_a_device_that_is_not_there_stops_the_start_clearly(lessons, device):
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_device_that_is_not_there_stops_the_start_clearly(refused, device):
     import torch
 
     if device.startswith("cuda") and torch.cuda.is_available():
         pytest.skip("this machine has a usable CUDA device: SEG_DEVICE=cuda serves (checks/test_03_gpu.py)")
-    run = subprocess.run([sys.executable, "inference.py"], cwd=lessons / LESSON, capture_output=True,
-                         text=True, timeout=120, env=base_env({"SEG_DEVICE": device, "PORT": "1"}))
+    run = refused[f"device {device}"]
     assert run.returncode != 0, f"the app started with SEG_DEVICE={device} on a machine without it"
     lines = [line for line in run.stderr.splitlines() if f"SEG_DEVICE={device}" in line]
     assert lines and "Traceback" not in run.stderr, \
@@ -243,17 +272,9 @@ def test_a_device_that_is_not_there_stops_the_start_clearly(lessons, device):
             f"the line should name the cause (no driver, no device, a CPU-only torch): {lines[0]}"
 
 
-@pytest.mark.parametrize("content", [b"this is not a checkpoint", "wrong-shape"])
-def test_bad_weights_file_stops_the_start_clearly(lessons, tmp_path, content):
-    import torch
-
-    path = tmp_path / "bad.pth"
-    if content == "wrong-shape":
-        torch.save({"backbone.0.0.weight": torch.zeros(1)}, path)
-    else:
-        path.write_bytes(content)
-    run = subprocess.run([sys.executable, "inference.py"], cwd=lessons / LESSON, capture_output=True,
-                         text=True, timeout=120, env=base_env({"SEG_WEIGHTS": str(path), "PORT": "1"}))
+@pytest.mark.parametrize("name", BAD_WEIGHTS)
+def test_bad_weights_file_stops_the_start_clearly(refused, name):
+    run = refused[f"weights {name}"]
     assert run.returncode != 0, "the app started with a broken weights file"
     one_clear_line = "not a state dict" in run.stderr and "Traceback" not in run.stderr
     assert one_clear_line, f"expected one clear line naming the file, got:\n{run.stderr[-1500:]}"
