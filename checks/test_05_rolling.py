@@ -105,17 +105,17 @@ def test_workers_recycled_under_load_lose_nothing(lessons):
     # max-requests low, through run.sh's extra arguments, so that every worker is
     # replaced a few times; uWSGI keeps a worker at least min-worker-lifetime
     # (10 s by default) whatever max-requests says: 1 s here, for a short run.
-    args = ["--max-requests", "10", "--min-worker-lifetime", "1"]
+    args = ["--max-requests", "5", "--min-worker-lifetime", "1"]
     with lesson_server(lessons, LESSON, args=args) as server:
         def respawns() -> int:
             return sum(w["respawn_count"] - 1 for sock in ("stats1.sock", "stats2.sock")
                        for w in uwsgi_stats(server.run_dir / sock)["workers"])
-        with LoadRun(lambda: ask(server), count=80, at_once=4, max_seconds=180) as load:
+        with LoadRun(lambda: ask(server), count=40, at_once=4, max_seconds=180) as load:
             pass
-        assert len(load.outcomes) == 80, f"only {len(load.outcomes)} of 80 requests finished in time"
+        assert len(load.outcomes) == 40, f"only {len(load.outcomes)} of 40 requests finished in time"
         failed = failures(load.outcomes)
         assert not failed, f"{sum(failed.values())} requests failed while workers were recycled: {dict(failed)}"
         assert respawns() >= 2, \
-            f"with max-requests = 10 and 80 requests, the workers should have been recycled; " \
+            f"with max-requests = 5 and 40 requests, the workers should have been recycled; " \
             f"uWSGI's stats show {respawns()} respawns"
         assert {upstream_kind(requests.get(server.url + "/readyz", timeout=10)) for _ in range(4)} == {"unix", "tcp"}
