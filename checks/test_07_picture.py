@@ -16,9 +16,9 @@ from workshop.lessons import ROOT
 
 GUIDE_PICTURE = ROOT / "docs/assets/lessons/07-load-run.png"
 RATE_WINDOW = 5 + 2   # rules.yml's rate window, plus a scrape and an evaluation
-# picture.py kills upstream 2 for the middle third: 9 s, so that a few scrapes
+# picture.py kills upstream 2 for the middle half: 9 s, so that a few scrapes
 # fall after the rate window has forgotten it (RATE_WINDOW + 2).
-SECONDS = 27
+SECONDS = 18
 
 
 def series_of(png) -> dict:

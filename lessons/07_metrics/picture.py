@@ -5,9 +5,11 @@
 
 It starts this lesson's run.sh on free ports (a stack of its own, stopped at
 the end: your own run.sh may keep running), and sends POST /infer through
-nginx from 2 threads. After a third of --seconds it kills upstream 2 (master
-and workers, SIGKILL, like a crashed machine); after another third it starts
-it again; once Prometheus sees it back, the load goes on for a last third.
+nginx from 2 threads. After a quarter of --seconds it kills upstream 2
+(master and workers, SIGKILL, like a crashed machine); it stays dead for half
+of --seconds, long enough for its rate to fall to nothing and stay there; then
+it starts it again; once Prometheus sees it back, the load goes on for a last
+quarter.
 Then it asks Prometheus' HTTP API for what it recorded and draws:
 
     requests/s per upstream     the recording rule upstream:seg_requests:rate5s
@@ -83,22 +85,22 @@ def run(seconds: float, at_once: int = 2) -> dict:
             return requests.post(stack.url + "/infer", data=image, params={"format": "png"},
                                  timeout=60).status_code
 
-        third, again = seconds / 3, None
+        quarter, again = seconds / 4, None
         events = {"start": time.time()}
         try:
             with LoadRun(infer, count=20_000, at_once=at_once, max_seconds=seconds + 210) as load:
-                # A third of the time with both serving, counted from when Prometheus
+                # A quarter of the time with both serving, counted from when Prometheus
                 # has a rate for both (two scrapes after their first answers).
                 wait_for(lambda: all(now(prometheus, QUERIES["requests_per_s"]).get(u, 0) > 0
                                      for u in UPSTREAMS), timeout=60, interval=0.5,
                          what="a request rate for both upstreams")
-                time.sleep(third)
+                time.sleep(quarter)
                 master = int((stack.run_dir / "uwsgi2.pid").read_text())
                 for pid in [master, *descendants(master)]:
                     os.kill(pid, signal.SIGKILL)
                 events["killed"] = time.time()
                 print("[picture] upstream 2 killed (SIGKILL)", flush=True)
-                time.sleep(third)
+                time.sleep(2 * quarter)
                 # As run.sh started it (TCP_HOST is run.sh's default, 127.0.0.1).
                 again = started("uwsgi2-again", ["uwsgi", "--ini", "inference2.ini"],
                                 run_dir=stack.run_dir, env={**stack.env, "TCP_HOST": "127.0.0.1"},
@@ -111,7 +113,7 @@ def run(seconds: float, at_once: int = 2) -> dict:
                          timeout=120, interval=0.5, what="upstream 2 to take traffic again")
                 events["serving"] = time.time()
                 print("[picture] upstream 2 takes traffic again", flush=True)
-                time.sleep(third)
+                time.sleep(quarter)
                 load.deadline = time.monotonic()   # stop the load now
             events["end"] = time.time()
             time.sleep(3)   # the last scrapes and rule evaluations
@@ -182,7 +184,7 @@ def draw(data: dict, out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60, help="load before, while and after "
-                        "upstream 2 is down: a third each (plus the time it takes to come back)")
+                        "upstream 2 is down: a quarter, a half, a quarter (plus the time it takes to come back)")
     parser.add_argument("--out", default=str(HERE.parent.parent / "out" / "07-load-run.png"))
     args = parser.parse_args()
     # Stopped from outside (SIGTERM): leave through the finally blocks, which stop the stack.
