@@ -120,7 +120,7 @@ class Knock:
 
 
 def knock(address: str, tls: bool = False, cert_dir: Path | None = None,
-          timeout: float = 30.0, settle: float = 1.0) -> list[Knock]:
+          timeout: float = 30.0, settle: float = 0.3) -> list[Knock]:
     """Send both packets to address; what came back and what ran. Leaves nothing behind."""
     folder = Path(tempfile.mkdtemp(prefix="knock-"))
     try:
@@ -144,7 +144,8 @@ def knock(address: str, tls: bool = False, cert_dir: Path | None = None,
         for magic, marker, extra in asks:
             answer = send(address, packet({**REQUEST, **extra}), tls=tls, cert_dir=cert_dir,
                           timeout=timeout)
-            # uWSGI runs the loader before it answers; a moment more for a slow machine.
+            # uWSGI runs the loader before it answers, and a door that said no
+            # ran nothing; a moment more all the same, for a slow machine.
             deadline = time.monotonic() + settle
             while not marker.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
