@@ -30,7 +30,7 @@ LIMIT_AS = ["--limit-as", "8192"]
 # The sample photo, small, in every format: the fuzz is about the decoders, not the model.
 FILES = images.every_format(images.photo().resize((120, 80)))
 EXAMPLES = 150          # mutated uploads per run: 10-30 s on 2 cores, idle to busy
-ANSWER_WITHIN = 40      # s: longer than nginx's 35 s, so a hang shows as a timeout here
+ANSWER_WITHIN = 30      # s: longer than nginx's 25 s, so a hang shows as a timeout here
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ def test_answer_through_nginx_is_the_app_answer(stack, reference):
 
 @pytest.mark.parametrize("directive", [
     "server_tokens off;", "client_max_body_size 10m;", "include uwsgi_params;",
-    "uwsgi_read_timeout 35s;", "upstream=$upstream_addr", "upstream_time=$upstream_response_time",
+    "uwsgi_read_timeout 25s;", "upstream=$upstream_addr", "upstream_time=$upstream_response_time",
 ])
 def test_effective_config_holds_the_promised_directives(stack, directive):
     assert directive in effective_config(stack), f"`nginx -T` does not show {directive!r}"

@@ -291,7 +291,7 @@ def tcp_addresses(engine, count: int = 8) -> set[str]:
 
 @engine_check
 def test_engine_stop_is_graceful_requests_in_flight_finish(engine):
-    grace = 40   # stop_grace_period = uWSGI's mercy (test_06_files.py checks they agree)
+    grace = 30   # stop_grace_period = uWSGI's mercy (test_06_files.py checks they agree)
     hold = 4     # seconds a held request takes (?delay=, SEG_DEBUG_DELAY=1 in engine.py's stack)
     held = []
 

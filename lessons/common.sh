@@ -26,8 +26,8 @@ chmod 755 "$RUN_DIR"       # nginx's workers must be able to reach the socket in
 export RUN_DIR
 
 # How long a stop may take before what is left is killed: the mercy that
-# lessons/03_uwsgi/workers.ini explains (harakiri's 30 s plus time to exit).
-export STOP_MERCY=${STOP_MERCY:-40}
+# lessons/03_uwsgi/workers.ini explains (harakiri's 20 s plus time to exit).
+export STOP_MERCY=${STOP_MERCY:-30}
 
 _pids=() _names=()
 start_bg() {  # start_bg NAME CMD...: run CMD in the background, remember it

@@ -29,7 +29,7 @@ from .markers import TODO_ID
 # (lessons/03_uwsgi/workers.ini), and run.sh kills what is left after this
 # many seconds (STOP_MERCY in lessons/common.sh). Checks and tools wait longer
 # than that before they SIGKILL anything themselves.
-STOP_MERCY = 40
+STOP_MERCY = 30
 
 
 def free_port() -> int:

@@ -28,7 +28,7 @@ import segmentation
 import voc
 
 # Seconds: a stage takes from a millisecond (encode a PNG) to a second or more
-# (the model on a busy machine); a request may wait up to harakiri (30 s).
+# (the model on a busy machine); a request may wait up to harakiri (20 s).
 # Quantiles are read from these buckets: finer where the answers are.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
            1, 1.5, 2, 3, 5, 10, 30)
