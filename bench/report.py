@@ -135,11 +135,12 @@ def markdown(res: dict) -> str:
             f"images/s, {meta['cores']} conn.:", "p50 ms:", "p99 ms:", "failed:", "RSS/worker MB:", "PSS/worker MB:",
             "peak RSS/worker MB:", "PNG kB:", "PNG encode ms:", "JSON MB:", "JSON encode ms:"], rows)
         out += table("How cost grows with connections (lesson 05, 256x256)", [
-            "connections:", "images/s:", "× forward:", "p50 ms:", "p95 ms:", "p99 ms:", "p99 / p50:", "failed:",
-            "other CPU %:"], [[r["connections"], f(r["rps"]), f(r["rps"] / lim["forward_images_per_s"], 2)
-                               if lim.get("forward_images_per_s") else "–", *lat(r, "p50", "p95", "p99"),
-                               f(r["latency_ms"]["p99"] / r["latency_ms"]["p50"], 2), failed(r), other(r)]
-                              for r in l05["by_connections"]])
+            "connections:", "images/s:", "× forward:", "p50 ms:", "p95 ms:", "p99 ms:", "p99 / p50:",
+            "503 (busy), retried after Retry-After:", "failed:", "other CPU %:"],
+            [[r["connections"], f(r["rps"]), f(r["rps"] / lim["forward_images_per_s"], 2)
+              if lim.get("forward_images_per_s") else "–", *lat(r, "p50", "p95", "p99"),
+              f(r["latency_ms"]["p99"] / r["latency_ms"]["p50"], 2), f(r.get("busy_503"), 0), failed(r), other(r)]
+             for r in l05["by_connections"]])
     sweep = rows_of(st, "lesson03_sweep")
     if sweep:
         best = max(r["rps"] for r in sweep)
