@@ -3,6 +3,7 @@
 import os
 import shutil
 import signal
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
@@ -69,19 +70,34 @@ def test_big_request_headers_fit(uwsgi_server):
         "give it a bigger buffer (`buffer-size`)"
 
 
-def test_a_broken_app_stops_the_start(lessons):
+@pytest.fixture(scope="module")
+def refused(lessons) -> dict:
+    """Lesson 03 started with each bad setting, side by side (each spends seconds importing
+    torch): by name, the future of start_that_must_fail's log."""
+    import torch
+
+    settings = {"broken app": {"SEG_MAX_BYTES": "10MB"}}
+    if not torch.cuda.is_available():
+        settings["no gpu"] = {"SEG_DEVICE": "cuda"}
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        futures = {name: pool.submit(start_that_must_fail, lessons, env) for name, env in settings.items()}
+        wait(futures.values())
+    return futures
+
+
+def test_a_broken_app_stops_the_start(refused):
     # A setting the app cannot read makes its import fail (ValueError). uWSGI
     # must then exit, so that a process manager sees it, not serve 500s without an app.
-    log = start_that_must_fail(lessons, {"SEG_MAX_BYTES": "10MB"})
+    log = refused["broken app"].result()
     assert "ValueError" in log, "the log should show why the app could not start"
 
 
-def test_a_gpu_that_is_not_there_stops_the_start(lessons):
+def test_a_gpu_that_is_not_there_stops_the_start(refused):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a usable CUDA device: SEG_DEVICE=cuda serves (checks/test_03_gpu.py)")
-    log = start_that_must_fail(lessons, {"SEG_DEVICE": "cuda"})
+    log = refused["no gpu"].result()
     assert "SEG_DEVICE=cuda: no CUDA device is usable" in log and "Traceback" not in log, \
         "the log should say in one line, without a traceback, why there is no GPU " \
         "(no driver, no device, a CPU-only torch)"
