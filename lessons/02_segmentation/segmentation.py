@@ -236,7 +236,13 @@ def preprocess(image: Image.Image) -> torch.Tensor:
     """
     resized = F.resize(image, [MODEL_SIDE], interpolation=F.InterpolationMode.BILINEAR)
     pixels = torch.from_numpy(np.array(resized))  # (h, w, 3) uint8: each pixel's channels side by side
-    x = pixels.to(torch.float32).div_(255).sub_(MEAN).div_(STD)
+    x = pixels.to(torch.float32).div_(255)
+    # A row in memory is r g b r g b ...: use the mean and std repeated along
+    # a whole row rather than 3 values broadcast to every pixel. The same
+    # numbers, but torch then runs down long rows instead of 3 values at a
+    # time, several times faster.
+    rows = x.view(resized.height, resized.width * 3)
+    rows.sub_(MEAN.repeat(resized.width)).div_(STD.repeat(resized.width))
     # A view, no copy: (3, h, w) in the channels_last layout the network works in.
     return x.permute(2, 0, 1)
 
