@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torchvision.models.segmentation import LRASPP_MobileNet_V3_Large_Weights
 
 from bench.measure import median
 from workshop import images
@@ -79,10 +80,12 @@ def limit(args, seg, voc) -> None:
 
 class Before:
     """The pipeline as lesson 02 wrote it before the levers: a full decode, two copies
-    (EXIF, RGB), a contiguous network, argmax(0), np.unique, PNG at zlib's defaults."""
+    (EXIF, RGB), the weights' own transforms (new tensors at each step), a contiguous
+    network, argmax(0), np.unique over the full-size mask, PNG at zlib's defaults."""
 
     def __init__(self, model):
         self.model, self.net = model, copy.deepcopy(model.net).to(memory_format=torch.contiguous_format)
+        self.preprocess = LRASPP_MobileNet_V3_Large_Weights.DEFAULT.transforms()
 
     def decode(self, data):
         img = Image.open(io.BytesIO(data))
@@ -107,7 +110,7 @@ class Before:
 
     def mask(self, data):
         img = self.upright(self.decode(data))
-        mask = self.classes(self.forward(self.model.preprocess(img).unsqueeze(0)))
+        mask = self.classes(self.forward(self.preprocess(img).unsqueeze(0)))
         return np.asarray(Image.fromarray(mask).resize(img.size, Image.NEAREST))
 
     def request(self, data, voc):
@@ -132,22 +135,24 @@ def profile(seg, voc, model, before: Before, data: bytes, repeat: int, warmup: b
         return model.net(batch)["out"][0]
 
     def request():
-        mask = seg.predict(model, seg.decode_image(data, 10**8))
-        return voc.mask_to_png(mask), voc.classes_in(mask)
+        mask, classes = seg.predict(model, seg.decode_image(data, 10**8), return_classes=True)
+        return voc.mask_to_png(mask), classes
     photo = seg.decode_image(data, 10**8)
     full, small = before.decode(data), draft_decode()
     upright_full = before.upright(full)
-    batch_full, batch = model.preprocess(upright_full).unsqueeze(0), model.preprocess(photo.image).unsqueeze(0)
+    batch_full, batch = before.preprocess(upright_full).unsqueeze(0), model.preprocess(photo.image).unsqueeze(0)
     logits_full, logits = before.forward(batch_full), forward()
     small_mask, mask = logits.max(0).indices.to(torch.uint8).numpy(), seg.predict(model, photo)
+    # The lesson names the classes from the network's mask when it was scaled up (same ids), else from mask.
+    counted = small_mask if mask.shape[0] >= small_mask.shape[0] and mask.shape[1] >= small_mask.shape[1] else mask
     steps = {"decode the JPEG": (lambda: before.decode(data), draft_decode),
              "EXIF orientation + RGB": (lambda: before.upright(full), lambda: upright(small)),
-             "resize + normalise": (lambda: model.preprocess(upright_full), lambda: model.preprocess(photo.image)),
+             "resize + normalise": (lambda: before.preprocess(upright_full), lambda: model.preprocess(photo.image)),
              "forward pass": (lambda: before.forward(batch_full), forward),
              "class of each pixel": (lambda: before.classes(logits_full),
                                      lambda: logits.max(0).indices.to(torch.uint8).numpy()),
              "mask to the upload's size": [lambda: Image.fromarray(small_mask).resize(photo.size, Image.NEAREST)] * 2,
-             "class names (X-Classes)": (lambda: np.unique(mask), lambda: voc.classes_in(mask)),
+             "class names (X-Classes)": (lambda: np.unique(mask), lambda: voc.classes_in(counted)),
              "PNG encode": (lambda: before.png(mask, voc), lambda: voc.mask_to_png(mask)),
              "whole request": (lambda: before.request(data, voc), request)}
     ms = timed({(name, when): fn for name, pair in steps.items() for when, fn in zip(("before", "after"), pair)},

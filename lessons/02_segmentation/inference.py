@@ -72,11 +72,11 @@ def infer():
     photo = segmentation.decode_image(request.get_data(), MAX_PIXELS)
     if DEBUG_DELAY and "delay" in request.args:
         time.sleep(float(request.args["delay"]))
-    mask = segmentation.predict(model, photo)
+    mask, classes = segmentation.predict(model, photo, return_classes=True)
     body = voc.mask_to_png(mask) if fmt == "png" else voc.mask_to_json(mask)
     served += 1
     resp = Response(body, mimetype="image/png" if fmt == "png" else "application/json")
-    resp.headers["X-Classes"] = ",".join(voc.classes_in(mask))
+    resp.headers["X-Classes"] = ",".join(classes)
     resp.headers["X-Inference-Ms"] = f"{(time.perf_counter() - started) * 1000:.1f}"
     return resp
 
