@@ -81,7 +81,7 @@ def test_failover_loses_no_request_and_the_upstream_comes_back(stack):
                     env=stack.env, cwd=stack.lesson_dir)
     try:
         wait_for(lambda: upstream_kind(segment(stack)) == "tcp", timeout=60, interval=0.5,
-                 what="the restarted TCP upstream to take traffic again (fail_timeout=10s)")
+                 what=f"the restarted TCP upstream to take traffic again (fail_timeout={fail_timeout(stack)}s)")
     finally:
         stop(again)
 

@@ -74,7 +74,7 @@ def restart(stack, load, kind: str, pidfile: str, stats: str, again: list) -> No
         f"no request in flight on the {kind} upstream was finished by it after its SIGTERM: " \
         "a stop must let the workers finish (workers.ini: hook-master-start = unix_signal:15 " \
         "gracefully_kill_them_all, not die-on-term)"
-    # Start it again as run.sh did; nginx tries it again after fail_timeout (10 s).
+    # Start it again as run.sh did; nginx tries it again after fail_timeout (5 s).
     # Only once it takes traffic may the next one stop.
     restarted_at = time.monotonic()
     again.append(started(f"uwsgi-{kind}-again", run_dir=stack.run_dir, **command))

@@ -108,7 +108,7 @@ def run(seconds: float, at_once: int = 2) -> dict:
                 events["restarted"] = time.time()
                 print("[picture] upstream 2 started again", flush=True)
                 # Back is not yet serving: nginx tries a failed server again only
-                # after fail_timeout (10 s), and the restart must load the app first.
+                # after fail_timeout (5 s), and the restart must load the app first.
                 wait_for(lambda: now(prometheus, QUERIES["served"]).get("uwsgi2", 0) > 0,
                          timeout=120, interval=0.5, what="upstream 2 to take traffic again")
                 events["serving"] = time.time()
