@@ -34,9 +34,10 @@ assert CLASSES[1:] == Weights.DEFAULT.meta["categories"][1:]
 
 # The weights' transforms resize a photo's shorter side to this many pixels,
 # then normalise each channel with this mean and standard deviation.
-MODEL_SIDE = Weights.DEFAULT.transforms().resize_size[0]
-MEAN = torch.tensor(Weights.DEFAULT.transforms().mean)
-STD = torch.tensor(Weights.DEFAULT.transforms().std)
+_TRANSFORMS = Weights.DEFAULT.transforms()
+MODEL_SIDE = _TRANSFORMS.resize_size[0]
+MEAN = torch.tensor(_TRANSFORMS.mean)
+STD = torch.tensor(_TRANSFORMS.std)
 # SEG_DEVICE: where the network runs. auto (the default) takes a CUDA GPU
 # when one is usable, else the CPU; cpu, cuda and cuda:N insist. The model
 # and every tensor of a request live there; the mask comes back to the CPU
