@@ -4,7 +4,6 @@ import io
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import requests
 from PIL import Image
 
 from workshop import images
-from workshop.harness import base_env, concurrently, lesson_server
+from workshop.harness import base_env, concurrently, lesson_server, side_by_side
 
 from checks.utils import mask_of, segment, voc
 
@@ -225,7 +224,7 @@ BAD_WEIGHTS = {"text": b"this is not a checkpoint", "wrong-shape": None}   # Non
 
 @pytest.fixture(scope="module")
 def refused(lessons, tmp_path_factory) -> dict:
-    """`python inference.py` with each bad setting, by name: how its start ended.
+    """`python inference.py` with each bad setting, by name: the future of how its start ended.
 
     Each spends seconds importing torch before it stops, so they run side by
     side (one per core), once for this module's checks.
@@ -245,12 +244,11 @@ def refused(lessons, tmp_path_factory) -> dict:
     def start(env: dict) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "inference.py"], cwd=lessons / LESSON, capture_output=True,
                               text=True, timeout=120, env=base_env({**env, "PORT": "1"}))
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return dict(zip(settings, pool.map(start, settings.values())))
+    return side_by_side(start, settings)
 
 
 def test_unknown_precision_stops_the_start_clearly(refused):
-    run = refused["precision"]
+    run = refused["precision"].result()
     assert run.returncode != 0, "the app started with SEG_PRECISION=fp16"
     assert "SEG_PRECISION=fp16" in run.stderr and "Traceback" not in run.stderr, \
         f"expected one clear line naming the setting, got:\n{run.stderr[-1500:]}"
@@ -262,7 +260,7 @@ def test_a_device_that_is_not_there_stops_the_start_clearly(refused, device):
 
     if device.startswith("cuda") and torch.cuda.is_available():
         pytest.skip("this machine has a usable CUDA device: SEG_DEVICE=cuda serves (checks/test_03_gpu.py)")
-    run = refused[f"device {device}"]
+    run = refused[f"device {device}"].result()
     assert run.returncode != 0, f"the app started with SEG_DEVICE={device} on a machine without it"
     lines = [line for line in run.stderr.splitlines() if f"SEG_DEVICE={device}" in line]
     assert lines and "Traceback" not in run.stderr, \
@@ -274,7 +272,7 @@ def test_a_device_that_is_not_there_stops_the_start_clearly(refused, device):
 
 @pytest.mark.parametrize("name", BAD_WEIGHTS)
 def test_bad_weights_file_stops_the_start_clearly(refused, name):
-    run = refused[f"weights {name}"]
+    run = refused[f"weights {name}"].result()
     assert run.returncode != 0, "the app started with a broken weights file"
     one_clear_line = "not a state dict" in run.stderr and "Traceback" not in run.stderr
     assert one_clear_line, f"expected one clear line naming the file, got:\n{run.stderr[-1500:]}"

@@ -3,14 +3,13 @@
 import os
 import shutil
 import signal
-from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
 import requests
 
-from workshop.harness import (LoadRun, concurrently, lesson_server, make_run_dir, readyz_of_every_worker, started, stop,
-                              uwsgi_stats)
+from workshop.harness import (LoadRun, concurrently, lesson_server, make_run_dir, readyz_of_every_worker, side_by_side,
+                              started, stop, uwsgi_stats)
 from workshop.procs import free_port, wait_for
 
 from checks.utils import segment
@@ -79,10 +78,7 @@ def refused(lessons) -> dict:
     settings = {"broken app": {"SEG_MAX_BYTES": "10MB"}}
     if not torch.cuda.is_available():
         settings["no gpu"] = {"SEG_DEVICE": "cuda"}
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        futures = {name: pool.submit(start_that_must_fail, lessons, env) for name, env in settings.items()}
-        wait(futures.values())
-    return futures
+    return side_by_side(lambda env: start_that_must_fail(lessons, env), settings)
 
 
 def test_a_broken_app_stops_the_start(refused):

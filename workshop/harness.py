@@ -135,6 +135,14 @@ def concurrently(fn, times: int, at_once: int) -> list:
         return list(pool.map(lambda _: fn(), range(times)))
 
 
+def side_by_side(fn, args: dict) -> dict:
+    """fn(value) for each entry of args, one thread per core; by the same key, the future
+    of each call: .result() gives its result or raises what it raised, in the caller."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        futures = {key: pool.submit(fn, value) for key, value in args.items()}
+    return futures   # leaving the block waited for every call
+
+
 class LoadRun:
     """A bounded background load: `count` requests from `at_once` threads, stops by itself.
 
