@@ -45,7 +45,8 @@ def test_mask_equals_the_reference_pipeline(seg, reference):
         "a mask of class ids must be resized with Image.NEAREST (any other filter blends ids into new ones)"
     differ = (served != expected).mean()
     assert differ == 0, f"{differ:.1%} of pixels differ from the reference pipeline's mask: " + (
-        "only at the edges of regions? resize the mask with Image.NEAREST" if differ < 0.05 else
+        "only at the edges of regions? take the scores from class_scores (at the upload's size when it is the "
+        "smaller), and resize the mask with Image.NEAREST" if differ < 0.05 else
         "preprocess with model.preprocess (it resizes and normalises), batch it, argmax over the 21 classes")
 
 

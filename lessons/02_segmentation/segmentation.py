@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as nnf
 import torchvision.transforms.functional as F
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torchvision.models.segmentation import (
@@ -333,6 +334,25 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def class_scores(net: torch.nn.Module, batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The network's 21 scores for each pixel, (21, h, w), at the size the mask needs.
+
+    LRASPP's layers answer at 1/8 of their input (65 x 65 for 520 x 520), and
+    its forward() then scales those scores up to the input's size, bilinear.
+    This runs the same layers and the same scaling, but to the upload's size
+    (`size`, width and height) when that is smaller than the input: a 256 x 256
+    photo goes in at 520 x 520, and scoring and comparing 520 x 520 pixels only
+    to shrink the mask to 256 x 256 afterwards did four times the work. A
+    larger upload gets the input's size, exactly as forward() does, and its
+    mask is scaled up (predict).
+    """
+    height, width = batch.shape[-2:]
+    if size[1] < height:           # resized on its shorter side, so both sides are smaller
+        width, height = size
+    scores = net.classifier(net.backbone(batch))
+    return nnf.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
 @torch.inference_mode()  # no autograd bookkeeping: faster and lighter
 def predict(model: Model, photo: Photo, return_classes: bool = False):
     """A decoded upload -> uint8 mask of class ids, the upload's own height and width.
@@ -345,13 +365,13 @@ def predict(model: Model, photo: Photo, return_classes: bool = False):
         # EXERCISE 02.2: preprocess the image and run the network
         # resize to 520, normalise, add the batch dim, then onto the model's device
         batch = model.preprocess(photo.image).unsqueeze(0).to(model.device)
-        logits = model.net(batch)["out"][0]                 # (21, h, w) at the resized size
+        logits = class_scores(model.net, batch, photo.size)  # (21, h, w)
         # END EXERCISE
-    # Two masks come out of this: `small`, at the size the network saw, and
+    # Two masks come out of this: `small`, at the size of the scores, and
     # `mask`, at the upload's size (the same array when the sizes match).
     # EXERCISE 02.3: one class id per pixel, at the photo's size
     # max(0) is argmax(0), on a faster kernel; .cpu() brings the mask back for the PNG
-    small = logits.max(0).indices.to(torch.uint8).cpu().numpy()  # at the size the network saw
+    small = logits.max(0).indices.to(torch.uint8).cpu().numpy()  # at the size of the scores
     mask = small
     width, height = photo.size
     if mask.shape != (height, width):
@@ -361,12 +381,10 @@ def predict(model: Model, photo: Photo, return_classes: bool = False):
     # END EXERCISE
     if not return_classes:
         return mask
-    # Scaled UP with NEAREST, every pixel of `small` lands on at least one
-    # pixel of `mask` (from one output pixel to the next, the input position
-    # moves by less than a pixel, so none is skipped): both hold the same
-    # class ids, and counting the network's mask is far cheaper than
-    # counting a 12-megapixel one.
-    # Scaled down (an upload smaller than the model's input), pixels are
-    # dropped, and a class may be lost: then count `mask` itself.
-    scaled_up = mask.shape[0] >= small.shape[0] and mask.shape[1] >= small.shape[1]
-    return mask, classes_in(small if scaled_up else mask)
+    # `mask` is `small`, or `small` scaled UP with NEAREST (class_scores never
+    # gives more pixels than the upload has): every pixel of `small` lands on
+    # at least one pixel of `mask` (from one output pixel to the next, the
+    # input position moves by less than a pixel, so none is skipped). Both
+    # hold the same class ids, and counting `small` is far cheaper than
+    # counting a 12-megapixel mask.
+    return mask, classes_in(small)
