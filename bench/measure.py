@@ -9,6 +9,7 @@ under load are wrk's own; every other percentile is percentile()'s, every median
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -117,10 +118,10 @@ setup = function(thread) table.insert(threads, thread) end
 init = function(args)
   answered, busy, pause = 0, 0, 0
   if os.getenv("BENCH_HTTP10") == "1" then
-    req = "POST " .. wrk.path .. " HTTP/1.0\r\nHost: " .. wrk.host .. ":" .. wrk.port .. "\r\nContent-Type: " ..
-          os.getenv("BENCH_CTYPE") .. "\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body
+    req = "POST " .. wrk.path .. " HTTP/1.0\r\nHost: " .. wrk.host .. ":" .. wrk.port ..
+          "\r\nContent-Type: image/jpeg\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body
   else
-    req = wrk.format("POST", nil, {["Content-Type"] = os.getenv("BENCH_CTYPE")}, body)
+    req = wrk.format("POST", nil, {["Content-Type"] = "image/jpeg"}, body)
   end
 end
 request = function() return req end
@@ -146,8 +147,7 @@ def wrk(ctx: Context, url: str, body: bytes, seconds: float, conc: int, http10: 
     (ctx.work / "body.bin").write_bytes(body)
     cmd = ["wrk", f"-t{conc}", f"-c{conc}", f"-d{max(1, round(seconds))}s", "--timeout=30s", "-s",
            str(ctx.work / "bench.lua"), url]
-    env = dict(os.environ, BENCH_BODY=str(ctx.work / "body.bin"), BENCH_CTYPE="image/jpeg",
-               BENCH_HTTP10=str(int(http10)))
+    env = dict(os.environ, BENCH_BODY=str(ctx.work / "body.bin"), BENCH_HTTP10=str(int(http10)))
     out = run_bounded(cmd, timeout=seconds + 90, env=env)
     line = next((l for l in out.stdout.splitlines() if l.startswith("BENCHJSON ")), None)
     if line is None:
@@ -212,10 +212,8 @@ def uwsgi_instances(run_dir: Path | None) -> dict[str, dict]:
     """The stats of every uWSGI whose stats socket is in run_dir, by its name (stats1.sock: ...)."""
     stats = {}
     for sock in sorted(Path(run_dir).rglob("stats*.sock")) if run_dir else []:
-        try:
+        with contextlib.suppress(OSError, ValueError):  # not up yet, or gone
             stats[sock.name] = uwsgi_stats(sock)
-        except (OSError, ValueError):  # not up yet, or gone
-            pass
     return stats
 
 
@@ -225,10 +223,9 @@ def uwsgi_workers(run_dir: Path | None) -> list[dict]:
 
 
 def _read(path: str) -> str:
-    try:
+    with contextlib.suppress(OSError):  # a process gone meanwhile
         return Path(path).read_text()
-    except OSError:
-        return ""
+    return ""
 
 
 def memory_of(root_pid: int, run_dir: Path | None = None) -> dict:

@@ -8,14 +8,14 @@ How the two stacks take turns, and which of its numbers to trust: the guide's Be
 
 from __future__ import annotations
 
-import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import requests
 
 from bench.measure import child_result, median, options, post, run_meta, summary, written
-from workshop.harness import concurrently, lesson_server, make_run_dir
+from workshop.harness import concurrently, lesson_server
 from workshop.images import photo_bytes
 from workshop.lessons import REFERENCE, ROOT
 
@@ -71,12 +71,9 @@ print("RESULT " + json.dumps({"bare_us": per_call(bare) * 1e6, "measured_us": pe
 
 
 def _per_request_us(calls: int, lessons: Path) -> dict:
-    work = make_run_dir()
-    try:
-        times = child_result(work, "per-request", ["-c", PER_REQUEST, str(lessons), str(calls)], timeout=300,
-                             env={"PROMETHEUS_MULTIPROC_DIR": str(work)})
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="ws-", dir="/tmp") as work:   # the child's log and metrics files
+        times = child_result(Path(work), "per-request", ["-c", PER_REQUEST, str(lessons), str(calls)], timeout=300,
+                             env={"PROMETHEUS_MULTIPROC_DIR": work})
     return {"added_us": round(times["measured_us"] - times["bare_us"], 1), "calls": calls}
 
 

@@ -224,17 +224,17 @@ def chart(res: dict, path: Path) -> None:
     by_size.set(xscale="log" if mp else "linear", xlabel="photo, megapixels", ylabel="round trip, ms",
                 title="Lesson 05: the photo's size")
     conns = l05.get("by_connections", [])
-    by_conn.plot([r["connections"] for r in conns], [r["rps"] for r in conns], "o-", label="images/s")
+    xs = [r["connections"] for r in conns]
+    by_conn.plot(xs, [r["rps"] for r in conns], "o-", label="images/s")
     if lim.get("forward_images_per_s"):
         by_conn.axhline(lim["forward_images_per_s"], color="black", ls="--", lw=1, label="forward-pass limit")
     if conns:
         by_conn.set_xscale("log", base=2)
-    by_conn.set(xticks=[r["connections"] for r in conns], xticklabels=[r["connections"] for r in conns],
-                xlabel="connections", ylabel="images/s", title="Lesson 05: the connections (256x256)")
+    by_conn.set(xticks=xs, xticklabels=xs, xlabel="connections", ylabel="images/s",
+                title="Lesson 05: the connections (256x256)")
     twin = by_conn.twinx()
     for key, style in (("p50", "^:"), ("p99", "v:")):
-        twin.plot([r["connections"] for r in conns], [r["latency_ms"][key] for r in conns], style, color="#c0392b",
-                  label=f"{key} ms")
+        twin.plot(xs, [r["latency_ms"][key] for r in conns], style, color="#c0392b", label=f"{key} ms")
     twin.set_ylabel("latency, ms", color="#c0392b")
     twin.legend(fontsize=7, loc="center right")
     for a in (ax, by_size, by_conn):
