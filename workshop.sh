@@ -8,7 +8,7 @@
 #   ./workshop.sh check-dev     the workshop's own checks: every exercise fails unsolved, the benchmark runs
 #   ./workshop.sh docs          the guide at http://127.0.0.1:8000 (mkdocs serve)
 #   ./workshop.sh setup         only the setup
-#   ./workshop.sh bench [--quick]  what each stage costs (about 8 minutes; --quick about 2 minutes) -> bench/results/
+#   ./workshop.sh bench [--quick]  what each stage costs (about 11 minutes; --quick about 2 minutes) -> bench/results/
 #   ./workshop.sh check-docker  lesson 06 with real containers (Docker, else podman; slow the first time)
 #
 # Exercise mode (the checks then test your workspace/; lessons/ holds the solutions):

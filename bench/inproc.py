@@ -2,10 +2,12 @@
 process, which forks wrk, uWSGI and nginx), one torch thread each.
 
     python -m bench.inproc limit forward,pipeline --image cat.jpg --seconds D --signals DIR
-        for each of the two, after a warm-up: prints "READY forward", waits for
-        DIR/go-forward (N processes start together), runs the network's forward
+        for each phase: prints "READY forward", waits for DIR/go-forward (N
+        processes start together), warms up, runs the network's forward
         pass alone on the app's input for D seconds, prints "RESULT forward" +
         the times, idles until DIR/done-forward; then the app's whole pipeline.
+        A phase may come back (forward.1, forward.2: the part after the dot
+        names the round).
 
     python -m bench.inproc model --photos photos.json --weights-out w.pth [--quick]
         the pipeline before and after the lessons' levers, step by step; the forward
@@ -55,18 +57,18 @@ def limit(args, seg, voc) -> None:
     batch = model.preprocess(seg.decode_image(data, 10**8).image).unsqueeze(0)
 
     @torch.inference_mode()
-    def forward():
-        model.net(batch)
+    def forward():  # the network's layers; scaling their scores is the app's work (segmentation.class_scores)
+        model.net.classifier(model.net.backbone(batch))
 
     def pipeline():
         voc.mask_to_png(seg.predict(model, seg.decode_image(data, 10**8)))
     for what in args.what.split(","):
-        one = forward if what == "forward" else pipeline
-        for _ in range(args.warmup):
-            one()
+        one = pipeline if what.split(".")[0] == "pipeline" else forward
         print(f"READY {what}", flush=True)
-        while not (signals / f"go-{what}").exists():
-            time.sleep(0.001)
+        while not (signals / f"go-{what}").exists():  # seldom: no wake-ups to disturb a stack measured now
+            time.sleep(0.01)
+        for _ in range(args.warmup):  # after "go": never beside the parent's own measurements
+            one()
         samples, started = [], time.perf_counter()
         while time.perf_counter() < started + args.seconds:
             t0 = time.perf_counter()
@@ -131,8 +133,15 @@ def profile(seg, voc, model, before: Before, data: bytes, repeat: int, warmup: b
         return seg.to_rgb(img)
 
     @torch.inference_mode()
+    def layers(network, x):  # the network's layers, as the limit runs them
+        return network.classifier(network.backbone(x))
+
     def forward():
-        return model.net(batch)["out"][0]
+        return layers(net, batch)
+
+    @torch.inference_mode()
+    def scale(scores, size):  # the last step of LRASPP's forward(), to a size of our choice
+        return torch.nn.functional.interpolate(scores, size=size, mode="bilinear", align_corners=False)[0]
 
     def request():
         mask, classes = seg.predict(model, seg.decode_image(data, 10**8), return_classes=True)
@@ -141,18 +150,25 @@ def profile(seg, voc, model, before: Before, data: bytes, repeat: int, warmup: b
     full, small = before.decode(data), draft_decode()
     upright_full = before.upright(full)
     batch_full, batch = before.preprocess(upright_full).unsqueeze(0), model.preprocess(photo.image).unsqueeze(0)
-    logits_full, logits = before.forward(batch_full), forward()
+    net, old_net = model.net, before.net
+    scores_full, scores = layers(old_net, batch_full), forward()
+    with torch.inference_mode():  # as in predict: no autograd records in the steps timed below
+        logits_full, logits = before.forward(batch_full), seg.class_scores(net, batch, photo.size)
+    old_mask = before.classes(logits_full)
     small_mask, mask = logits.max(0).indices.to(torch.uint8).numpy(), seg.predict(model, photo)
-    # The lesson names the classes from the network's mask when it was scaled up (same ids), else from mask.
-    counted = small_mask if mask.shape[0] >= small_mask.shape[0] and mask.shape[1] >= small_mask.shape[1] else mask
     steps = {"decode the JPEG": (lambda: before.decode(data), draft_decode),
              "EXIF orientation + RGB": (lambda: before.upright(full), lambda: upright(small)),
              "resize + normalise": (lambda: before.preprocess(upright_full), lambda: model.preprocess(photo.image)),
-             "forward pass": (lambda: before.forward(batch_full), forward),
+             "forward pass (the network's layers)": (lambda: layers(old_net, batch_full), forward),
+             "scores to the mask's size": (lambda: scale(scores_full, batch_full.shape[-2:]),
+                                           lambda: scale(scores, logits.shape[-2:])),
              "class of each pixel": (lambda: before.classes(logits_full),
                                      lambda: logits.max(0).indices.to(torch.uint8).numpy()),
-             "mask to the upload's size": [lambda: Image.fromarray(small_mask).resize(photo.size, Image.NEAREST)] * 2,
-             "class names (X-Classes)": (lambda: np.unique(mask), lambda: voc.classes_in(counted)),
+             "mask to the upload's size": (
+                 lambda: Image.fromarray(old_mask).resize(photo.size, Image.NEAREST),
+                 lambda: small_mask if small_mask.shape == mask.shape else
+                 Image.fromarray(small_mask).resize(photo.size, Image.NEAREST)),
+             "class names (X-Classes)": (lambda: np.unique(mask), lambda: voc.classes_in(small_mask)),
              "PNG encode": (lambda: before.png(mask, voc), lambda: voc.mask_to_png(mask)),
              "whole request": (lambda: before.request(data, voc), request)}
     ms = timed({(name, when): fn for name, pair in steps.items() for when, fn in zip(("before", "after"), pair)},
@@ -161,7 +177,7 @@ def profile(seg, voc, model, before: Before, data: bytes, repeat: int, warmup: b
             "bytes": len(data), "full_size": list(photo.size)[::-1], "decoded_at": list(photo.image.size)[::-1],
             "model_input_before": list(batch_full.shape[-2:]),
             "model_input": list(batch.shape[-2:]), "repeats": repeat, "whole_over_forward": {
-                when: round(ms[("whole request", when)] / ms[("forward pass", when)], 2)
+                when: round(ms[("whole request", when)] / ms[("forward pass (the network's layers)", when)], 2)
                 for when in ("before", "after")},
             "steps": [{"step": name, "before_ms": ms[(name, "before")], "after_ms": ms[(name, "after")]}
                       for name in steps]}

@@ -89,6 +89,18 @@ def markdown(res: dict) -> str:
     out += table("The workshop's targets", ["target", "measured", "met?"],
                  [[t["target"], t["measured"], {True: "yes", False: "**no**", None: "shown"}[t["met"]]]
                   for t in res.get("targets", [])])
+    rounds = rows_of(st, "paired").get("rounds", [])
+    out += table("Lesson 05 and the limit, in turns", [
+        "round:", "limit images/s:", "lesson 05 images/s:", "× forward:", "lesson 05 p50 ms:", "p99 ms:", "failed:"],
+        [[i + 1, f(r["forward"]["images_per_s"]), f(r["lesson05"]["rps"]), f(r["x_forward"], 2),
+          *lat(r["lesson05"], "p50", "p99"), failed(r["lesson05"])] for i, r in enumerate(rounds)]) if rounds else []
+    bal = rows_of(st, "balance")
+    out += table("Lesson 05: least_conn or round-robin, in turns", [
+        "pair:", "least_conn images/s:", "round-robin images/s:", "least_conn ÷ round-robin:",
+        "least_conn p99 ms:", "round-robin p99 ms:"],
+        [[i + 1, f(a["rps"]), f(b["rps"]), f(g, 2), *lat(a, "p99"), *lat(b, "p99")] for i, (a, b, g) in enumerate(zip(
+            bal["runs"]["least_conn"], bal["runs"]["round_robin"], bal["least_conn_over_round_robin"]))]
+    ) if bal else []
     model = rows_of(st, "model")
     if model:
         prof = model["profile"]

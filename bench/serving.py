@@ -11,7 +11,8 @@ import time
 
 import requests
 
-from bench.measure import PNG, Context, cpu_seconds, load, log, memory_of, unloaded, uwsgi_instances, uwsgi_workers
+from bench.measure import (PNG, Context, cpu_seconds, load, log, median, memory_of, ratio, unloaded,
+                           uwsgi_instances, uwsgi_workers)
 from workshop.harness import concurrently, lesson_server, readyz_of_every_worker
 from workshop.procs import wait_for
 
@@ -194,3 +195,27 @@ def lesson05(ctx: Context) -> dict:
         buffered = srv.log(100000).count("buffered to a temporary file")
     return {"setting": setting, "by_connections": by_connections, "by_size": by_size,
             "nginx_bodies_buffered_to_file": buffered}
+
+
+def balance(ctx: Context) -> dict:
+    """Lesson 05 with least_conn (its upstream.conf) and with round-robin (the same file with
+    least_conn commented out, nginx reloaded), in turns on the same stack: the same workers, seconds
+    apart, so that the machine's drift hits both alike."""
+    pairs, seconds = (1, 2) if ctx.quick else (6, 5)
+    with stack(ctx, "05_multi_upstream", 1, env={"SEG_TORCH_THREADS": "1"}, workers=2) as srv:
+        site, pid = srv.run_dir / "nginx" / "conf.d" / "upstream.conf", srv.run_dir / "nginx" / "nginx.pid"
+        text, runs = site.read_text(), {"least_conn": [], "round_robin": []}
+        try:
+            for i in range(pairs):
+                for method in ("least_conn", "round_robin")[::1 if i % 2 == 0 else -1]:
+                    site.write_text(text if method == "least_conn" else text.replace("    least_conn;",
+                                                                                     "    # least_conn;"))
+                    os.kill(int(pid.read_text()), signal.SIGHUP)  # new workers with the new file; the old ones finish
+                    time.sleep(1)
+                    log(f"balance: pair {i + 1} of {pairs}, {method}, {ctx.cores} connections")
+                    runs[method].append(load(ctx, srv, ctx.body, conc=ctx.cores, seconds=seconds, warmup=1))
+        finally:
+            site.write_text(text)
+    gains = [ratio(a["rps"], b["rps"]) for a, b in zip(runs["least_conn"], runs["round_robin"])]
+    return {"seconds": seconds, "connections": ctx.cores, "runs": runs, "least_conn_over_round_robin": gains,
+            "median_gain": median(gains)}

@@ -18,8 +18,8 @@ from workshop.procs import run_bounded
 pytestmark = pytest.mark.dev   # the benchmark is the workshop's own tool: ./workshop.sh check-dev
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ["model", "mask_formats", "limit", "lesson02", "lesson03_fork", "lesson03_sweep", "limit_again",
-          "lesson04", "lesson05"]
+STAGES = ["model", "mask_formats", "limit", "lesson02", "lesson03_fork", "lesson03_sweep", "paired",
+          "lesson04", "lesson05", "balance"]
 
 
 @pytest.fixture(scope="module")
