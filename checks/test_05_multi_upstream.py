@@ -30,12 +30,13 @@ def test_both_upstreams_answer(stack):
         f"answers came from {kinds}: the upstream block needs the unix socket and the TCP server"
 
 
-def test_round_robin_splits_100_requests_evenly(stack):
+def test_requests_one_at_a_time_alternate_evenly(stack):
     # /readyz goes through the same upstream block as /infer: the same balancing, no model work.
+    # One at a time, both servers have none in flight, and least_conn goes round-robin among equals.
     counts = collections.Counter(upstream_kind(requests.get(stack.url + "/readyz", timeout=30)) for _ in range(100))
     assert set(counts) == {"unix", "tcp"}, f"only {dict(counts)} answered"
     assert all(45 <= n <= 55 for n in counts.values()), \
-        f"round-robin should give each upstream 50 ± 5 of 100 sequential requests, got {dict(counts)}"
+        f"each upstream should get 50 ± 5 of 100 sequential requests, got {dict(counts)}"
 
 
 @pytest.mark.parametrize("width, height", [(1024, 768), (4000, 3000)])
@@ -92,12 +93,12 @@ def fail_timeout(stack) -> int:
     return int(found[1]) if found else 10
 
 
-def test_least_conn_variant_is_valid(stack, tmp_path):
-    # The lesson tells you to try least_conn: make sure uncommenting it gives a valid config.
+def test_round_robin_variant_is_valid(stack, tmp_path):
+    # The lesson tells you to compare with round-robin: make sure commenting least_conn out gives a valid config.
     prefix = stack.run_dir / "nginx"
     site = (prefix / "conf.d" / "upstream.conf").read_text()
-    assert "# least_conn;" in site
-    (prefix / "conf.d" / "upstream.conf").write_text(site.replace("# least_conn;", "least_conn;"))
+    assert "    least_conn;" in site
+    (prefix / "conf.d" / "upstream.conf").write_text(site.replace("    least_conn;", "    # least_conn;"))
     try:
         result = nginx.test_config(prefix / "nginx.conf")
         assert result.returncode == 0, result.stderr
