@@ -74,10 +74,23 @@ def test_the_cost_curves_cover_sizes_and_connections(quick):
     assert [r["label"] for r in model["formats_by_size"]] == sizes
     assert all(r["json_bytes"] > r["png_bytes"] for r in model["formats_by_size"])
     steps = [s["step"] for s in model["profile"][0]["steps"]]
-    assert "forward pass" in steps and steps[-1] == "whole request", steps
+    assert "forward pass (the network's layers)" in steps and "scores to the mask's size" in steps, steps
+    assert steps[-1] == "whole request", steps
     assert {r["photo"] for r in model["before_vs_after"]} == {"chelsea", "astronaut", "coffee"}
     assert {r["batch"] for r in model["batching"]} == {1, 2, 4}
     assert model["precision"]["agreement"], "no bf16 vs fp32 agreement measured"
+
+
+def test_lesson_05_is_measured_in_turns_with_the_limit_and_with_round_robin(quick):
+    _, _, results = quick
+    paired, balance = results["stages"]["paired"], results["stages"]["balance"]
+    assert paired["rounds"], "no paired round of lesson 05 and the limit"
+    for r in paired["rounds"]:
+        assert r["forward"]["images_per_s"] > 0 and r["lesson05"]["rps"] > 0 and r["x_forward"] > 0, r
+    assert {label: t["n"] > 0 for label, t in paired["round_trips_ms"].items()} == {"256x256": True, "12 MP": True}
+    pairs = list(zip(balance["runs"]["least_conn"], balance["runs"]["round_robin"]))
+    assert pairs and all(a["rps"] > 0 and b["rps"] > 0 for a, b in pairs), balance
+    assert len(balance["least_conn_over_round_robin"]) == len(pairs)
 
 
 def test_every_target_says_whether_it_was_met(quick):
